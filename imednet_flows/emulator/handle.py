@@ -1,0 +1,174 @@
+"""The emulator's Python handle: its data, jobs, faults and request log in one place.
+
+The HTTP app, the admin route and in-process tests all go through this object,
+so what a test sets up is exactly what the SDK sees over the wire.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from imednet_flows.emulator.entities import ENTITIES
+from imednet_flows.emulator.faults import FaultBoard, FaultRule
+from imednet_flows.emulator.jobs import TERMINAL, Job, advance
+from imednet_flows.emulator.mutations import MUTATIONS
+from imednet_flows.emulator.seed import StudySpec
+from imednet_flows.emulator.store import EmulatorState, StudyStore
+
+#: Documented demo credentials; a real deployment never uses these.
+DEMO_API_KEY = "demo-api-key"
+DEMO_SECURITY_KEY = "demo-security-key"
+
+
+@dataclass
+class EmulatorConfig:
+    api_key: str = DEMO_API_KEY
+    security_key: str = DEMO_SECURITY_KEY
+    #: Seconds from POST until a job is terminal (half of it in `created`).
+    job_delay: float = 0.0
+    #: Status for an unknown study: 403 per the API guide, 404 is the alternative.
+    unknown_study_status: int = 403
+    #: Emit Role dates as the spec's int arrays (which SDK 0.5.0 cannot parse).
+    strict_role_dates: bool = False
+
+
+@dataclass
+class RequestEntry:
+    seq: int
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    started: float
+    status: int = 0
+    finished: float = 0.0
+    fault: str | None = None
+    items: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RequestLog:
+    """What clients sent, so tests can check requests on the server side."""
+
+    entries: list[RequestEntry] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, method: str, path: str, query: dict[str, list[str]]) -> RequestEntry:
+        with self.lock:
+            entry = RequestEntry(len(self.entries), method, path, query, time.monotonic())
+            self.entries.append(entry)
+            return entry
+
+    def snapshot(self) -> list[RequestEntry]:
+        with self.lock:
+            return list(self.entries)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+class Emulator:
+    """A set of seeded studies plus everything needed to misbehave on purpose."""
+
+    def __init__(
+        self, studies: Iterable[StudySpec] = (StudySpec(),), config: EmulatorConfig | None = None
+    ) -> None:
+        self.config = config or EmulatorConfig()
+        self.state = EmulatorState(studies)
+        self.faults = FaultBoard()
+        self.log = RequestLog()
+        self.jobs: dict[str, Job] = {}
+        self._pending: set[str] = set()
+
+    # -- data -------------------------------------------------------------
+    def add_study(self, spec: StudySpec) -> None:
+        self.state.add_study(spec)
+
+    @property
+    def study_keys(self) -> list[str]:
+        return list(self.state.studies)
+
+    def study(self, study_key: str) -> StudyStore:
+        return self.state.study(study_key)
+
+    def rows(self, study_key: str, route: str) -> list[dict[str, Any]]:
+        """A deep copy of an endpoint's rows in default order: the truth tests compare with."""
+        self.advance_jobs()
+        with self.state.lock:
+            rows = self.state.list_rows(route, study_key)
+            return copy.deepcopy(rows)
+
+    def counts(self, study_key: str) -> dict[str, int]:
+        store = self.study(study_key)
+        with self.state.lock:
+            return {
+                route: len(store.tables[e.table])
+                for route, e in ENTITIES.items()
+                if e.table != "study"
+            }
+
+    def mutate(self, study_key: str, op: str, **kwargs: Any) -> dict[str, Any]:
+        """Run one named mutation (see `mutations.MUTATIONS`) under the state lock."""
+        try:
+            fn = MUTATIONS[op]
+        except KeyError:
+            raise ValueError(f"unknown mutation {op!r}; choose from {sorted(MUTATIONS)}") from None
+        with self.state.lock:
+            store = self.study(study_key)
+            return fn(store, self.state.clock.now(), **kwargs)
+
+    # -- faults and jobs ----------------------------------------------------
+    def add_fault(self, kind: str, **kwargs: Any) -> None:
+        self.faults.add(FaultRule(kind=kind, **kwargs))  # type: ignore[arg-type]
+
+    def add_job_outcome(self, outcome: str, count: int = 1) -> None:
+        self.faults.add_job_outcome(outcome, count)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def requests(self) -> list[RequestEntry]:
+        return self.log.snapshot()
+
+    def reset_requests(self) -> None:
+        self.log.reset()
+
+    def submit(
+        self, study_key: str, items: list[dict[str, Any]], email_notify: str | None = None
+    ) -> Job:
+        job = Job(
+            study_key=study_key,
+            items=items,
+            email_notify=email_notify,
+            outcome=self.faults.next_job_outcome(),  # type: ignore[arg-type]
+            date_created=self.state.clock.now(),
+        )
+        with self.state.lock:
+            self.jobs[job.batch_id] = job
+            self._pending.add(job.batch_id)
+        self.advance_jobs()
+        return job
+
+    def advance_jobs(self) -> None:
+        """Let time act on pending jobs; cheap when none are pending."""
+        if not self._pending:
+            return
+        with self.state.lock:
+            for batch_id in list(self._pending):
+                job = self.jobs[batch_id]
+                advance(
+                    job,
+                    self.state.studies.get(job.study_key),
+                    self.state.clock.now(),
+                    self.config.job_delay,
+                )
+                if job.state in TERMINAL:
+                    self._pending.discard(batch_id)

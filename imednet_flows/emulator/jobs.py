@@ -1,0 +1,347 @@
+"""POST /records batches as jobs: validation, the state machine and atomic apply.
+
+A batch is checked in full before anything changes, so a job that fails leaves
+every record, subject and revision untouched, as CONTRACT §5 requires.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from imednet_flows.emulator.store import StudyStore
+
+JobOutcome = Literal["completed", "failed", "cancelled", "stuck"]
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class BadBatch(ValueError):
+    """The POST body itself is malformed: 400, and no job is created."""
+
+
+@dataclass
+class Job:
+    study_key: str
+    items: list[dict[str, Any]]
+    outcome: JobOutcome = "completed"
+    email_notify: str | None = None
+    job_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    batch_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    state: str = "created"
+    date_created: str = ""
+    date_started: str | None = None
+    date_finished: str | None = None
+    created_at: float = field(default_factory=time.monotonic)
+    error: str | None = None
+    record_ids: list[int] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "jobId": self.job_id,
+            "batchId": self.batch_id,
+            "state": self.state,
+            "dateCreated": self.date_created,
+            "dateStarted": self.date_started,
+            "dateFinished": self.date_finished,
+        }
+
+    def accepted_json(self) -> dict[str, Any]:
+        """The 202 body: a POST always answers `created`, however fast the job runs."""
+        return {"jobId": self.job_id, "batchId": self.batch_id, "state": "created"}
+
+
+def check_batch(body: Any) -> list[dict[str, Any]]:
+    """Synchronous checks that reject a request outright (CONTRACT §5, 'Synchronous 400')."""
+    if not isinstance(body, list) or not body:
+        raise BadBatch("the body must be a non-empty JSON array of record items")
+    for n, item in enumerate(body):
+        if not isinstance(item, dict):
+            raise BadBatch(f"item {n} is not a JSON object")
+        if "formKey" not in item and "formId" not in item:
+            raise BadBatch(f"item {n} has neither formKey nor formId")
+        if not isinstance(item.get("data"), dict):
+            raise BadBatch(f"item {n} needs a 'data' object of variableName: value")
+    return body
+
+
+def advance(job: Job, store: StudyStore | None, now: str, delay: float) -> None:
+    """Move a job along created -> processing -> terminal as time passes."""
+    if job.state in TERMINAL:
+        return
+    elapsed = time.monotonic() - job.created_at
+    if job.state == "created" and elapsed >= delay / 2:
+        job.state, job.date_started = "processing", now
+    if job.state != "processing" or elapsed < delay or job.outcome == "stuck":
+        return
+    if job.outcome == "completed":
+        if store is None:
+            job.outcome, job.error = "failed", f'study "{job.study_key}" no longer exists'
+        else:
+            try:
+                job.record_ids = apply_items(store, job.items, now)
+            except ItemError as exc:
+                job.outcome, job.error = "failed", str(exc)
+    job.state, job.date_finished = job.outcome, now
+
+
+class ItemError(ValueError):
+    """A business-rule error inside a batch: the job fails and nothing changes."""
+
+
+@dataclass
+class _Target:
+    form: dict[str, Any]
+    record: dict[str, Any] | None = None
+    subject: dict[str, Any] | None = None
+    site: dict[str, Any] | None = None
+    interval: dict[str, Any] | None = None
+    register_key: str | None = None
+
+
+def _index(rows: dict[Any, dict[str, Any]], *fields: str) -> dict[tuple[str, Any], dict[str, Any]]:
+    return {(f, row.get(f)): row for row in rows.values() for f in fields}
+
+
+def _resolve(store: StudyStore, items: list[dict[str, Any]]) -> list[_Target]:
+    t = store.tables
+    forms = _index(t["forms"], "formKey", "formId")
+    sites = _index(t["sites"], "siteName", "siteId")
+    intervals = _index(t["intervals"], "intervalName", "intervalId")
+    subjects = _index(t["subjects"], "subjectKey", "subjectId", "subjectOid")
+    variables: dict[int, set[str]] = {}
+    for var in t["variables"].values():
+        variables.setdefault(var["formId"], set()).add(var["variableName"])
+    by_oid: dict[str, dict[str, Any]] | None = None
+    errors: list[str] = []
+    targets: list[_Target] = []
+
+    def lookup(
+        index: dict[tuple[str, Any], dict[str, Any]],
+        item: dict[str, Any],
+        fields: tuple[str, ...],
+        what: str,
+        n: int,
+    ) -> dict[str, Any] | None:
+        for f in fields:
+            if item.get(f) is not None:
+                row = index.get((f, item[f]))
+                if row is None or row.get("deleted"):
+                    errors.append(f"item {n}: unknown {what} {f}={item[f]!r}")
+                return row
+        return None
+
+    for n, item in enumerate(items):
+        form = lookup(forms, item, ("formKey", "formId"), "form", n)
+        if form is None:
+            continue
+        unknown = sorted(set(item["data"]) - variables.get(form["formId"], set()))
+        if unknown:
+            errors.append(f"item {n}: unknown variable(s) {unknown} on form {form['formKey']}")
+        target = _Target(form=form)
+        if item.get("recordId") is not None or item.get("recordOid") is not None:
+            if item.get("recordId") is not None:
+                record = t["records"].get(item["recordId"])
+            else:
+                if by_oid is None:
+                    by_oid = {r["recordOid"]: r for r in t["records"].values()}
+                record = by_oid.get(item["recordOid"])
+            if record is None or record.get("deleted"):
+                ref = item.get("recordId", item.get("recordOid"))
+                errors.append(f"item {n}: unknown record {ref!r}")
+            elif record["formId"] != form["formId"]:
+                errors.append(
+                    f"item {n}: record {record['recordId']} is not on form {form['formKey']}"
+                )
+            target.record = record
+            targets.append(target)
+            continue
+        site = lookup(sites, item, ("siteName", "siteId"), "site", n)
+        has_subject = any(
+            item.get(f) is not None for f in ("subjectKey", "subjectId", "subjectOid")
+        )
+        subject = None
+        if has_subject:
+            key = item.get("subjectKey")
+            subject = subjects.get(("subjectKey", key)) if key is not None else None
+            if subject is None and site is not None and key is not None:
+                target.register_key = str(key)  # registration with a chosen subject key
+            else:
+                subject = lookup(
+                    subjects, item, ("subjectKey", "subjectId", "subjectOid"), "subject", n
+                )
+        elif site is None and not any(item.get(f) is not None for f in ("siteName", "siteId")):
+            errors.append(f"item {n}: no record, subject or site given; cannot place the data")
+        target.site, target.subject = site, subject
+        target.interval = lookup(intervals, item, ("intervalName", "intervalId"), "interval", n)
+        targets.append(target)
+    if errors:
+        raise ItemError("; ".join(errors))
+    return targets
+
+
+def apply_items(store: StudyStore, items: list[dict[str, Any]], now: str) -> list[int]:
+    """Apply a whole batch or nothing; return the ids of records created or changed."""
+    targets = _resolve(store, items)
+    # Built once per batch: a scan of 200,000 records per item would not do.
+    scheduled = {
+        (r["subjectId"], r["formId"], r["intervalId"]): r
+        for r in store.tables["records"].values()
+        if not r["deleted"]
+    }
+    visits = {(v["subjectId"], v["intervalId"]): v for v in store.tables["visits"].values()}
+    touched: list[int] = []
+    changed = {"records", "record_revisions"}
+    for item, target in zip(items, targets, strict=True):
+        record = target.record
+        if record is None:
+            subject = target.subject
+            if subject is None:
+                subject = _register_subject(store, target, now)
+                changed.add("subjects")
+            interval = target.interval
+            if interval is None and target.subject is None:
+                interval = _first_interval_with(store, target.form["formId"])
+            record = None
+            if interval is not None:
+                slot = (subject["subjectId"], target.form["formId"], interval["intervalId"])
+                record = scheduled.get(slot)
+            if record is None:
+                visit = None
+                if interval is not None:
+                    visit = visits.get((subject["subjectId"], interval["intervalId"]))
+                    if visit is None:
+                        visit = _new_visit(store, subject, interval, now)
+                        visits[(subject["subjectId"], interval["intervalId"])] = visit
+                        changed.add("visits")
+                record = _new_record(store, subject, target.form, visit, now)
+                if interval is not None:
+                    scheduled[slot] = record
+        data_changed = any(record["recordData"].get(k) != v for k, v in item["data"].items())
+        record["recordData"].update(item["data"])
+        record["dateModified"] = now
+        append_revision(store, record, now, data_changed)
+        touched.append(record["recordId"])
+    store.changed(*changed)
+    return touched
+
+
+def _register_subject(store: StudyStore, target: _Target, now: str) -> dict[str, Any]:
+    site = target.site
+    assert site is not None
+    subject_id = store.new_id("subjects")
+    key = target.register_key or f"{site['siteId'] % 100:02d}-{subject_id % 100_000:05d}"
+    subject = {
+        "studyKey": store.key,
+        "subjectId": subject_id,
+        "subjectOid": f"OID-{subject_id}",
+        "subjectKey": key,
+        "subjectStatus": "Screened",
+        "siteId": site["siteId"],
+        "siteName": site["siteName"],
+        "deleted": False,
+        "enrollmentStartDate": now,
+        "dateCreated": now,
+        "dateModified": now,
+        "keywords": [],
+    }
+    store.tables["subjects"][subject_id] = subject
+    return subject
+
+
+def _first_interval_with(store: StudyStore, form_id: int) -> dict[str, Any] | None:
+    for interval in store.tables["intervals"].values():
+        if any(f.get("formId") == form_id for f in interval.get("forms") or []):
+            return interval
+    return None
+
+
+def _new_visit(
+    store: StudyStore, subject: dict[str, Any], interval: dict[str, Any], now: str
+) -> dict[str, Any]:
+    visit_id = store.new_id("visits")
+    today = now[:10]
+    visit = {
+        "studyKey": store.key,
+        "visitId": visit_id,
+        "intervalId": interval["intervalId"],
+        "intervalName": interval["intervalName"],
+        "subjectId": subject["subjectId"],
+        "subjectKey": subject["subjectKey"],
+        "startDate": today,
+        "endDate": today,
+        "dueDate": None,
+        "visitDate": today,
+        "visitDateForm": "",
+        "visitDateQuestion": "",
+        "deleted": False,
+        "dateCreated": now,
+        "dateModified": now,
+    }
+    store.tables["visits"][visit_id] = visit
+    return visit
+
+
+def _new_record(
+    store: StudyStore,
+    subject: dict[str, Any],
+    form: dict[str, Any],
+    visit: dict[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    record_id = store.new_id("records")
+    record = {
+        "studyKey": store.key,
+        "intervalId": visit["intervalId"] if visit else 0,
+        "formId": form["formId"],
+        "formKey": form["formKey"],
+        "siteId": subject["siteId"],
+        "recordId": record_id,
+        "recordOid": f"REC-{record_id}",
+        "recordType": "SUBJECT",
+        "recordStatus": "Record Incomplete",
+        "deleted": False,
+        "dateCreated": now,
+        "dateModified": now,
+        "subjectId": subject["subjectId"],
+        "subjectOid": subject["subjectOid"],
+        "subjectKey": subject["subjectKey"],
+        "visitId": visit["visitId"] if visit else 0,
+        "parentRecordId": 0,
+        "keywords": [],
+        "recordData": {},
+    }
+    store.tables["records"][record_id] = record
+    store.revisions[record_id] = (0, 0)
+    return record
+
+
+def append_revision(
+    store: StudyStore, record: dict[str, Any], now: str, data_changed: bool
+) -> None:
+    """One immutable revision row per change, as the EDC's audit trail has."""
+    rec_rev, data_rev = store.revisions.get(record["recordId"], (0, 0))
+    rec_rev, data_rev = rec_rev + 1, data_rev + (1 if data_changed else 0)
+    store.revisions[record["recordId"]] = (rec_rev, data_rev)
+    rev_id = store.new_id("record_revisions")
+    store.tables["record_revisions"][rev_id] = {
+        "studyKey": store.key,
+        "recordRevisionId": rev_id,
+        "recordId": record["recordId"],
+        "recordOid": record["recordOid"],
+        "recordRevision": rec_rev,
+        "dataRevision": data_rev,
+        "recordStatus": record["recordStatus"],
+        "subjectId": record["subjectId"],
+        "subjectOid": record["subjectOid"],
+        "subjectKey": record["subjectKey"],
+        "siteId": record["siteId"],
+        "formKey": record["formKey"],
+        "intervalId": record["intervalId"],
+        "role": "API",
+        "user": "api-user",
+        "reasonForChange": "",
+        "deleted": record["deleted"],
+        "dateCreated": now,
+    }

@@ -1,0 +1,276 @@
+"""Changes made behind the API's back, the way site staff and monitors change a study.
+
+Tests and benchmarks use these through the Python handle or the admin route
+to create exactly the situations a sync must survive: edits, soft and hard
+deletes, new subjects and visits, query traffic, and many rows that share
+one dateModified second.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import Any
+
+from imednet_flows.emulator.jobs import append_revision
+from imednet_flows.emulator.store import StudyStore
+
+Mutation = Callable[..., dict[str, Any]]
+MUTATIONS: dict[str, Mutation] = {}
+
+_DELETABLE = {
+    "records": "records",
+    "subjects": "subjects",
+    "visits": "visits",
+    "queries": "queries",
+}
+
+
+def mutation(fn: Mutation) -> Mutation:
+    MUTATIONS[fn.__name__] = fn
+    return fn
+
+
+def _pick(
+    store: StudyStore, table: str, ids: list[Any] | None, n: int, seed: int, live_only: bool = True
+) -> list[Any]:
+    """The rows a mutation touches: the ids given, else n chosen reproducibly by seed."""
+    rows = store.tables[table]
+    if ids is not None:
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise ValueError(f"no {table} with id(s) {missing[:10]} in study {store.key}")
+        return list(ids)
+    pool = [i for i, r in rows.items() if not (live_only and r.get("deleted"))]
+    if n > len(pool):
+        raise ValueError(f"asked for {n} {table} but study {store.key} has {len(pool)} live ones")
+    return sorted(random.Random(seed).sample(pool, n))
+
+
+def _variable_types(store: StudyStore) -> dict[tuple[int, str], str]:
+    return {
+        (v["formId"], v["variableName"]): v["variableType"]
+        for v in store.tables["variables"].values()
+    }
+
+
+def changed_value(kind: str, value: Any) -> Any:
+    """A different value of the same type, so typed columns stay parseable."""
+    text = "" if value is None else str(value)
+    kind = kind.upper()
+    try:
+        if kind == "INTEGER":
+            return str(int(text or 0) + 1)
+        if kind == "NUMBER":
+            return str(round(float(text or 0) + 0.5, 2))
+        if kind == "DATE":
+            base = date.fromisoformat(text) if text else date(2024, 1, 1)
+            return (base + timedelta(days=1)).isoformat()
+        if kind == "CHECKBOX":
+            return "false" if text.lower() == "true" else "true"
+    except ValueError:
+        pass
+    return f"{text} (edited)".strip()
+
+
+@mutation
+def edit_records(
+    store: StudyStore,
+    now: str,
+    n: int = 1,
+    ids: list[int] | None = None,
+    seed: int = 0,
+    at: str | None = None,
+) -> dict[str, Any]:
+    """Change one value in each chosen record; all of them get the same dateModified
+    (`at`, default now), which is how a watermark bug on shared seconds is provoked."""
+    stamp = at or now
+    types = _variable_types(store)
+    chosen = _pick(store, "records", ids, n, seed)
+    for record_id in chosen:
+        record = store.tables["records"][record_id]
+        data = record["recordData"]
+        name = next(
+            (k for k in data if types.get((record["formId"], k)) != "RADIO"), next(iter(data), None)
+        )
+        if name is not None:
+            data[name] = changed_value(types.get((record["formId"], name), "TEXT"), data[name])
+        record["dateModified"] = stamp
+        append_revision(store, record, stamp, data_changed=name is not None)
+    store.changed("records", "record_revisions")
+    return {"ids": chosen, "at": stamp}
+
+
+@mutation
+def soft_delete(
+    store: StudyStore,
+    now: str,
+    entity: str = "records",
+    n: int = 1,
+    ids: list[int] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Flag rows deleted and bump dateModified, as the EDC does; the rows stay listed."""
+    table = _deletable(entity)
+    if table == "queries":
+        raise ValueError("queries have no deleted flag; use hard_delete")
+    chosen = _pick(store, table, ids, n, seed)
+    for row_id in chosen:
+        row = store.tables[table][row_id]
+        row["deleted"] = True
+        row["dateModified"] = now
+        if table == "records":
+            append_revision(store, row, now, data_changed=False)
+    store.changed(table, "record_revisions")
+    return {"ids": chosen, "at": now}
+
+
+@mutation
+def hard_delete(
+    store: StudyStore,
+    now: str,
+    entity: str = "records",
+    n: int = 1,
+    ids: list[int] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Remove rows outright: nothing in any list says they existed."""
+    table = _deletable(entity)
+    chosen = _pick(store, table, ids, n, seed, live_only=False)
+    for row_id in chosen:
+        del store.tables[table][row_id]
+    store.changed(table)
+    return {"ids": chosen, "at": now}
+
+
+def _deletable(entity: str) -> str:
+    try:
+        return _DELETABLE[entity]
+    except KeyError:
+        raise ValueError(f"entity must be one of {sorted(_DELETABLE)}, got {entity!r}") from None
+
+
+@mutation
+def add_subjects(
+    store: StudyStore, now: str, n: int = 1, site_id: int | None = None
+) -> dict[str, Any]:
+    sites = list(store.tables["sites"].values())
+    if site_id is not None:
+        sites = [s for s in sites if s["siteId"] == site_id]
+        if not sites:
+            raise ValueError(f"no site {site_id} in study {store.key}")
+    created = []
+    for i in range(n):
+        site = sites[i % len(sites)]
+        subject_id = store.new_id("subjects")
+        store.tables["subjects"][subject_id] = {
+            "studyKey": store.key,
+            "subjectId": subject_id,
+            "subjectOid": f"OID-{subject_id}",
+            "subjectKey": f"{site['siteId'] % 100:02d}-N{subject_id % 100_000:05d}",
+            "subjectStatus": "Screened",
+            "siteId": site["siteId"],
+            "siteName": site["siteName"],
+            "deleted": False,
+            "enrollmentStartDate": now,
+            "dateCreated": now,
+            "dateModified": now,
+            "keywords": [],
+        }
+        created.append(subject_id)
+    store.changed("subjects")
+    return {"ids": created, "at": now}
+
+
+@mutation
+def add_visits(store: StudyStore, now: str, n: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Unscheduled-style extra visits for existing subjects, in the first interval."""
+    interval = next(iter(store.tables["intervals"].values()))
+    subjects = _pick(store, "subjects", None, min(n, len(store.tables["subjects"])), seed)
+    created = []
+    for i in range(n):
+        subject = store.tables["subjects"][subjects[i % len(subjects)]]
+        visit_id = store.new_id("visits")
+        day = now[:10]
+        store.tables["visits"][visit_id] = {
+            "studyKey": store.key,
+            "visitId": visit_id,
+            "intervalId": interval["intervalId"],
+            "intervalName": interval["intervalName"],
+            "subjectId": subject["subjectId"],
+            "subjectKey": subject["subjectKey"],
+            "startDate": day,
+            "endDate": day,
+            "dueDate": None,
+            "visitDate": day,
+            "visitDateForm": "",
+            "visitDateQuestion": "",
+            "deleted": False,
+            "dateCreated": now,
+            "dateModified": now,
+        }
+        created.append(visit_id)
+    store.changed("visits")
+    return {"ids": created, "at": now}
+
+
+@mutation
+def add_queries(
+    store: StudyStore, now: str, n: int = 1, seed: int = 0, closed: bool = False
+) -> dict[str, Any]:
+    """Open (or already closed) question-level queries on chosen records."""
+    created = []
+    for record_id in _pick(store, "records", None, n, seed):
+        record = store.tables["records"][record_id]
+        query_id = store.new_id("queries")
+        variable = next(iter(record["recordData"]), "")
+        store.tables["queries"][query_id] = {
+            "studyKey": store.key,
+            "subjectId": record["subjectId"],
+            "subjectOid": record["subjectOid"],
+            "annotationType": "question",
+            "annotationId": query_id,
+            "type": None,
+            "description": f"Please verify {variable}",
+            "recordId": record_id,
+            "variable": variable,
+            "subjectKey": record["subjectKey"],
+            "dateCreated": now,
+            "dateModified": now,
+            "queryComments": [_comment(1, "Please verify the value.", closed, now)],
+        }
+        created.append(query_id)
+    store.changed("queries")
+    return {"ids": created, "at": now}
+
+
+@mutation
+def add_query_comment(
+    store: StudyStore,
+    now: str,
+    annotation_id: int,
+    closed: bool = False,
+    comment: str = "Response added.",
+) -> dict[str, Any]:
+    """Answer or close a query: the latest comment decides whether it is open."""
+    query = store.tables["queries"].get(annotation_id)
+    if query is None:
+        raise ValueError(f"no query {annotation_id} in study {store.key}")
+    comments = query["queryComments"]
+    sequence = max((c["sequence"] for c in comments), default=0) + 1
+    comments.append(_comment(sequence, comment, closed, now))
+    query["dateModified"] = now
+    store.changed("queries")
+    return {"ids": [annotation_id], "at": now}
+
+
+def _comment(sequence: int, text: str, closed: bool, now: str) -> dict[str, Any]:
+    return {
+        "sequence": sequence,
+        "annotationStatus": "Query Closed" if closed else "Monitor Query Open",
+        "user": "monitor",
+        "comment": text,
+        "closed": closed,
+        "date": now,
+    }

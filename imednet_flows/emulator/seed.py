@@ -1,0 +1,1184 @@
+"""Deterministic seed data for the iMednet EDC emulator.
+
+The emulator serves these dicts verbatim, so every object is the exact API JSON of
+CONTRACT.md §3 (all fields present, ``ts`` strings, string-valued ``recordData``).
+Generation is driven only by :class:`StudySpec` through one ``random.Random`` so two
+runs (and two processes) produce byte-identical data, which is what lets tests compare
+emulator output against a fresh generation.
+
+Performance matters: a 200k-record study is built in a couple of seconds, so the hot loop
+reuses shared immutable strings (value pools, per-visit date and timestamp strings) and
+creates no per-record objects beyond the JSON dicts themselves.
+
+Choices where the contract is silent (kept here so emulator authors can rely on them):
+
+* Ids follow time: subjects by enrollment, visits/records by entry second, revisions by the
+  instant they snapshot, queries by creation. Codings are numbered in record order.
+* A record's single revision snapshots its current state, so its ``dateCreated`` equals the
+  record's ``dateModified``.
+* All records of a visit are entered in one second; later edits of a visit share one second;
+  one migration second (2025-12-15 02:00:00) re-saves a slice of all records (at least 150
+  rows when the study has 300+, 3% of large studies) so watermark tests see a same-second
+  block larger than a page.
+* "subject" queries carry ``recordId`` 0 and ``variable`` ""; "record" queries carry the
+  record id and ``variable`` "". Every DATE value in ``recordData`` is its visit date.
+* The user with the highest index is the one with ``userActiveInStudy`` false (needs >= 2).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from statistics import NormalDist
+from typing import Any
+
+__all__ = [
+    "FORM_CATALOGUE",
+    "ID_FIELDS",
+    "ID_STRIDE",
+    "VARIABLE_TYPES",
+    "StudyData",
+    "StudySpec",
+    "generate_study",
+]
+
+#: Ids are ``study_id * ID_STRIDE + n`` so several seeded studies never share an id.
+ID_STRIDE = 10_000_000
+
+#: The only variableType values the seed emits.
+VARIABLE_TYPES = ("TEXT", "MEMO", "INTEGER", "NUMBER", "DATE", "RADIO", "CHECKBOX")
+
+#: List name on :class:`StudyData` -> the field its default sort orders by.
+ID_FIELDS = {
+    "sites": "siteId",
+    "forms": "formId",
+    "intervals": "intervalId",
+    "variables": "variableId",
+    "subjects": "subjectId",
+    "visits": "visitId",
+    "records": "recordId",
+    "record_revisions": "recordRevisionId",
+    "queries": "annotationId",
+    "codings": "recordId",
+    "users": "login",
+}
+
+
+# --------------------------------------------------------------------------------------
+# Spec and result containers
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Shape of one seeded study; frozen so it can key caches and be shared safely."""
+
+    study_key: str = "DEMO"
+    study_id: int = 1
+    seed: int = 1
+    sites: int = 3
+    subjects: int = 50
+    intervals: int = 4
+    forms_per_interval: int = 3
+    query_rate: float = 0.15
+    closed_query_rate: float = 0.4
+    users: int = 5
+    soft_deleted_rate: float = 0.01
+
+    @classmethod
+    def for_records(cls, n: int, **kw: Any) -> StudySpec:
+        """Size a study by record count, since benchmarks think in rows, not subjects."""
+        kw.pop("subjects", None)
+        probe = cls(**kw)
+        per_subject = max(1, probe.intervals) * max(1, probe.forms_per_interval)
+        return cls(subjects=max(1, math.ceil(n / per_subject)), **kw)
+
+    @property
+    def record_count(self) -> int:
+        """Records the spec will produce: lets callers size things without generating."""
+        return self.subjects * self.intervals * self.forms_per_interval
+
+
+@dataclass
+class StudyData:
+    """All seeded rows of one study, each list in its endpoint's default order."""
+
+    study: dict
+    sites: list[dict] = field(default_factory=list)
+    forms: list[dict] = field(default_factory=list)
+    intervals: list[dict] = field(default_factory=list)
+    variables: list[dict] = field(default_factory=list)
+    subjects: list[dict] = field(default_factory=list)
+    visits: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    record_revisions: list[dict] = field(default_factory=list)
+    queries: list[dict] = field(default_factory=list)
+    codings: list[dict] = field(default_factory=list)
+    users: list[dict] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------
+# Clinical catalogue
+# --------------------------------------------------------------------------------------
+# A variable is (variableName, variableType, label, value source). Value sources:
+#   DATE: None (the visit date is used, so dates agree with the visit they belong to);
+#   INTEGER/NUMBER: ("norm", mean, sd, lo, hi, decimals) -> a normally shaped pool;
+#   otherwise: a tuple of read-back strings (repeats act as weights).
+
+_N = "norm"
+_YN_FALSE_MOSTLY = ("false",) * 4 + ("true",)
+_YN_TRUE_MOSTLY = ("true",) * 4 + ("false",)
+_NORMAL_ABN = ("NORMAL",) * 6 + ("ABNORMAL",) + ("NOT DONE",)
+_GENERIC_MEMO = (
+    "No additional comments.",
+    "Assessment performed as per protocol.",
+    "Subject tolerated procedure well.",
+    "See source notes for details.",
+    "Repeat measurement taken after 5 minutes rest.",
+    "Subject arrived late; assessment performed in afternoon.",
+)
+
+#: Verbatim AE term -> MedDRA preferred term (the coding's ``code``).
+AE_TERMS: dict[str, str] = {
+    "Headache": "Headache",
+    "Nausea": "Nausea",
+    "Feeling tired": "Fatigue",
+    "Dizziness": "Dizziness",
+    "Bronchitis": "Bronchitis",
+    "Loose stools": "Diarrhoea",
+    "Skin rash": "Rash",
+    "Back pain": "Back pain",
+    "Trouble sleeping": "Insomnia",
+    "Fever": "Pyrexia",
+    "Joint pain": "Arthralgia",
+    "Cough": "Cough",
+    "Stomach ache": "Abdominal pain upper",
+    "Sore throat": "Oropharyngeal pain",
+    "Runny nose": "Rhinorrhoea",
+    "High blood pressure": "Hypertension",
+}
+#: Verbatim medication -> WHODrug preferred name.
+CM_TERMS: dict[str, str] = {
+    "Tylenol": "PARACETAMOL",
+    "Advil": "IBUPROFEN",
+    "Lipitor": "ATORVASTATIN",
+    "Metformin": "METFORMIN",
+    "Lisinopril": "LISINOPRIL",
+    "Aspirin": "ACETYLSALICYLIC ACID",
+    "Omeprazole": "OMEPRAZOLE",
+    "Ventolin": "SALBUTAMOL",
+    "Synthroid": "LEVOTHYROXINE SODIUM",
+    "Zoloft": "SERTRALINE",
+    "Amoxicillin": "AMOXICILLIN",
+    "Vitamin D3": "COLECALCIFEROL",
+}
+
+_Var = tuple[str, str, str, Any]
+
+#: (formKey, formName, variables). REG comes first: every subject has it at Screening.
+FORM_CATALOGUE: tuple[tuple[str, str, tuple[_Var, ...]], ...] = (
+    (
+        "REG",
+        "Registration",
+        (
+            ("regdt", "DATE", "Date of informed consent", None),
+            (
+                "reginit",
+                "TEXT",
+                "Subject initials",
+                tuple(a + b + c for a in "ABJKMRS" for b in "-DEL" for c in "ACHMT"),
+            ),
+            ("regyob", "INTEGER", "Year of birth", (_N, 1972, 12, 1940, 2006, 0)),
+            ("regsex", "RADIO", "Sex at birth", ("M", "F")),
+            ("regelig", "CHECKBOX", "All eligibility criteria met", _YN_TRUE_MOSTLY),
+            ("regcmt", "MEMO", "Registration comments", _GENERIC_MEMO),
+        ),
+    ),
+    (
+        "DM",
+        "Demographics",
+        (
+            ("dmdt", "DATE", "Date of assessment", None),
+            ("dmage", "INTEGER", "Age (years)", (_N, 52, 12, 18, 85, 0)),
+            ("dmrace", "RADIO", "Race", ("1",) * 6 + ("2", "2", "3", "4", "5", "6")),
+            ("dmethnic", "RADIO", "Ethnicity", ("1", "2", "2", "2", "99")),
+            ("dmheight", "NUMBER", "Height (cm)", (_N, 170, 10, 145, 205, 1)),
+            ("dmweight", "NUMBER", "Weight (kg)", (_N, 78, 15, 40, 150, 1)),
+            ("dmsmoke", "RADIO", "Smoking status", ("NEVER", "NEVER", "FORMER", "CURRENT")),
+        ),
+    ),
+    (
+        "MH",
+        "Medical History",
+        (
+            ("mhdt", "DATE", "Date of assessment", None),
+            (
+                "mhterm",
+                "TEXT",
+                "Medical history term",
+                (
+                    "Hypertension",
+                    "Type 2 diabetes mellitus",
+                    "Asthma",
+                    "Hyperlipidaemia",
+                    "Osteoarthritis",
+                    "Migraine",
+                    "Depression",
+                    "Gastro-oesophageal reflux disease",
+                    "Hypothyroidism",
+                    "Atrial fibrillation",
+                ),
+            ),
+            (
+                "mhcat",
+                "RADIO",
+                "Body system",
+                ("CARDIOVASCULAR", "RESPIRATORY", "METABOLIC", "NEUROLOGICAL", "OTHER"),
+            ),
+            ("mhstyr", "INTEGER", "Year of onset", (_N, 2012, 6, 1990, 2024, 0)),
+            ("mhongo", "CHECKBOX", "Condition ongoing", _YN_TRUE_MOSTLY),
+            ("mhcmt", "MEMO", "Comments", _GENERIC_MEMO),
+        ),
+    ),
+    (
+        "VS",
+        "Vital Signs",
+        (
+            ("vsdt", "DATE", "Date of measurement", None),
+            ("vssysbp", "INTEGER", "Systolic blood pressure (mmHg)", (_N, 128, 15, 85, 200, 0)),
+            ("vsdiabp", "INTEGER", "Diastolic blood pressure (mmHg)", (_N, 80, 10, 50, 120, 0)),
+            ("vspulse", "INTEGER", "Pulse (beats/min)", (_N, 72, 11, 40, 130, 0)),
+            ("vstemp", "NUMBER", "Temperature (C)", (_N, 36.8, 0.4, 35.5, 39.5, 1)),
+            ("vsresp", "INTEGER", "Respiratory rate (breaths/min)", (_N, 16, 2, 10, 30, 0)),
+            ("vsweight", "NUMBER", "Weight (kg)", (_N, 78, 15, 40, 150, 1)),
+            ("vspos", "RADIO", "Position", ("SITTING", "SITTING", "SUPINE", "STANDING")),
+            ("vsnd", "CHECKBOX", "Vital signs not done", ("false",) * 19 + ("true",)),
+        ),
+    ),
+    (
+        "AE",
+        "Adverse Events",
+        (
+            ("aestdt", "DATE", "Start date", None),
+            ("aeterm", "TEXT", "Adverse event (verbatim term)", tuple(AE_TERMS)),
+            ("aesev", "RADIO", "Severity", ("MILD", "MILD", "MODERATE", "SEVERE")),
+            ("aeser", "RADIO", "Seriousness", ("Non-Serious",) * 9 + ("Serious",)),
+            (
+                "aerel",
+                "RADIO",
+                "Relationship to study drug",
+                ("NOT RELATED", "UNLIKELY", "POSSIBLE", "PROBABLE"),
+            ),
+            ("aedur", "INTEGER", "Duration (days)", (_N, 6, 4, 1, 60, 0)),
+            ("aeongo", "CHECKBOX", "Ongoing", _YN_FALSE_MOSTLY),
+            ("aedesc", "MEMO", "Event description", _GENERIC_MEMO),
+        ),
+    ),
+    (
+        "CM",
+        "Concomitant Medications",
+        (
+            ("cmstdt", "DATE", "Start date", None),
+            ("cmtrt", "TEXT", "Medication (trade or generic name)", tuple(CM_TERMS)),
+            (
+                "cmdose",
+                "NUMBER",
+                "Dose per administration",
+                ("2.5", "5.0", "10.0", "20.0", "40.0", "81.0", "200.0", "500.0", "1000.0"),
+            ),
+            ("cmdosu", "RADIO", "Dose unit", ("mg", "mg", "mg", "mcg", "mL", "IU")),
+            ("cmroute", "RADIO", "Route", ("ORAL",) * 5 + ("TOPICAL", "INHALED", "IV", "SC")),
+            ("cmongo", "CHECKBOX", "Ongoing", _YN_TRUE_MOSTLY),
+            (
+                "cmindc",
+                "TEXT",
+                "Indication",
+                ("Pain", "Hypertension", "Hyperlipidaemia", "Prophylaxis", "Asthma", "Infection"),
+            ),
+        ),
+    ),
+    (
+        "LB",
+        "Laboratory Results",
+        (
+            ("lbdt", "DATE", "Date of sample collection", None),
+            ("lbhgb", "NUMBER", "Haemoglobin (g/dL)", (_N, 13.8, 1.4, 8, 19, 1)),
+            ("lbwbc", "NUMBER", "White blood cells (10^9/L)", (_N, 6.8, 1.8, 2, 18, 1)),
+            ("lbplt", "INTEGER", "Platelets (10^9/L)", (_N, 250, 55, 80, 500, 0)),
+            ("lbalt", "INTEGER", "ALT (U/L)", (_N, 25, 10, 5, 150, 0)),
+            ("lbcreat", "NUMBER", "Creatinine (mg/dL)", (_N, 0.95, 0.2, 0.4, 2.5, 2)),
+            ("lbfast", "CHECKBOX", "Fasting sample", _YN_TRUE_MOSTLY),
+            ("lbclsig", "RADIO", "Clinically significant abnormality", ("N",) * 9 + ("Y",)),
+        ),
+    ),
+    (
+        "EX",
+        "Study Drug Exposure",
+        (
+            ("exdt", "DATE", "Date dispensed", None),
+            ("exdose", "NUMBER", "Daily dose (mg)", ("50.0", "100.0", "100.0", "150.0")),
+            (
+                "exlot",
+                "TEXT",
+                "Kit / lot number",
+                tuple(f"LOT-24{m}{n:03d}" for m in "ABC" for n in range(1, 31, 3)),
+            ),
+            ("exdisp", "INTEGER", "Tablets dispensed", ("28", "56", "56", "60", "84")),
+            ("exret", "INTEGER", "Tablets returned", (_N, 4, 3, 0, 20, 0)),
+            ("excomp", "RADIO", "Compliance", ("GOOD",) * 5 + ("POOR",)),
+            ("exmiss", "CHECKBOX", "Any doses missed", _YN_FALSE_MOSTLY),
+        ),
+    ),
+    (
+        "EG",
+        "12-Lead ECG",
+        (
+            ("egdt", "DATE", "Date of ECG", None),
+            ("eghr", "INTEGER", "Heart rate (beats/min)", (_N, 70, 11, 40, 130, 0)),
+            ("egpr", "INTEGER", "PR interval (ms)", (_N, 160, 20, 100, 260, 0)),
+            ("egqrs", "INTEGER", "QRS duration (ms)", (_N, 95, 10, 60, 150, 0)),
+            ("egqtcf", "INTEGER", "QTcF (ms)", (_N, 415, 20, 340, 520, 0)),
+            (
+                "egint",
+                "RADIO",
+                "Overall interpretation",
+                ("NORMAL",) * 6 + ("ABNORMAL NCS", "ABNORMAL CS"),
+            ),
+            ("egcmt", "MEMO", "Comments", _GENERIC_MEMO),
+        ),
+    ),
+    (
+        "PE",
+        "Physical Examination",
+        (
+            ("pedt", "DATE", "Date of examination", None),
+            ("pegen", "RADIO", "General appearance", _NORMAL_ABN),
+            ("pecv", "RADIO", "Cardiovascular", _NORMAL_ABN),
+            ("peresp", "RADIO", "Respiratory", _NORMAL_ABN),
+            ("peskin", "RADIO", "Skin", _NORMAL_ABN),
+            ("peabn", "CHECKBOX", "Clinically significant findings", _YN_FALSE_MOSTLY),
+            ("pecmt", "MEMO", "Comments", _GENERIC_MEMO),
+        ),
+    ),
+    (
+        "QS",
+        "Patient Reported Outcomes",
+        (
+            ("qsdt", "DATE", "Date completed", None),
+            ("qspain", "INTEGER", "Pain score (0-10)", (_N, 4, 2.5, 0, 10, 0)),
+            ("qsfatig", "INTEGER", "Fatigue score (0-10)", (_N, 4, 2.5, 0, 10, 0)),
+            ("qsqol", "NUMBER", "EQ-5D index", (_N, 0.78, 0.12, 0.1, 1.0, 2)),
+            ("qsby", "RADIO", "Completed by", ("SUBJECT",) * 7 + ("CAREGIVER",)),
+            ("qsdone", "CHECKBOX", "Questionnaire fully completed", _YN_TRUE_MOSTLY),
+            ("qscmt", "MEMO", "Comments", _GENERIC_MEMO),
+        ),
+    ),
+    (
+        "DS",
+        "Disposition",
+        (
+            ("dsdt", "DATE", "Date of status", None),
+            (
+                "dsdecod",
+                "RADIO",
+                "Subject status",
+                ("ONGOING",) * 6
+                + ("COMPLETED", "ADVERSE EVENT", "WITHDRAWAL BY SUBJECT", "LOST TO FOLLOW-UP"),
+            ),
+            ("dsterm", "TEXT", "Reason (specify)", ("N/A", "N/A", "Relocation", "Personal")),
+            ("dsdays", "INTEGER", "Days on study", (_N, 120, 60, 1, 400, 0)),
+            ("dstrt", "CHECKBOX", "Study treatment ongoing", _YN_TRUE_MOSTLY),
+            ("dscmt", "MEMO", "Comments", _GENERIC_MEMO),
+        ),
+    ),
+)
+
+#: Screening fills its slots after REG in this order; later visits always start with
+#: VS/AE/CM and rotate through the rest, so visits differ the way a real schedule does.
+_SCREENING_ORDER = ("DM", "MH", "VS", "LB", "EG", "PE", "CM", "QS", "AE", "EX", "DS")
+_RECURRING_ORDER = ("VS", "AE", "CM", "LB", "EX", "EG", "QS", "PE", "DS", "DM", "MH")
+#: formKey -> (coded variable, dictionaryName, dictionaryVersion, verbatim -> code).
+_CODED_FORMS = {
+    "AE": ("aeterm", "MedDRA", "27.0", AE_TERMS),
+    "CM": ("cmtrt", "WHODrug", "Global B3 Mar 2024", CM_TERMS),
+}
+
+_CITIES = (
+    "Minneapolis",
+    "Chicago",
+    "New York",
+    "Boston",
+    "Houston",
+    "Toronto",
+    "Denver",
+    "Seattle",
+    "San Diego",
+    "Atlanta",
+    "London",
+    "Berlin",
+    "Madrid",
+    "Paris",
+    "Melbourne",
+    "Amsterdam",
+)
+_FIRST_NAMES = (
+    "William", "Maria", "James", "Aisha", "Robert", "Chen", "Laura", "Daniel",
+    "Sofia", "Ahmed", "Emma", "Lucas", "Priya", "Noah", "Hannah", "Mateo",
+)  # fmt: skip
+_LAST_NAMES = (
+    "Smith", "Garcia", "Johnson", "Khan", "Brown", "Wang", "Muller", "Rossi",
+    "Novak", "Okafor", "Dubois", "Larsen", "Patel", "Kim", "Silva", "Cohen",
+)  # fmt: skip
+#: (role name, description, level, type); user i gets role i % len.
+_ROLES = (
+    ("Study Coordinator", "Enters and maintains subject data at the site", 3, "Site"),
+    ("Clinical Research Associate", "Monitors sites and raises data queries", 4, "Sponsor"),
+    ("Data Manager", "Cleans data and codes terms", 5, "Sponsor"),
+    ("Principal Investigator", "Signs off subject casebooks", 3, "Site"),
+    ("Medical Monitor", "Reviews safety data", 5, "Sponsor"),
+)
+_ENTRY_ROLES = ("Study Coordinator", "Principal Investigator")
+_MONITOR_ROLES = ("Clinical Research Associate", "Medical Monitor")
+_CODER_ROLES = ("Data Manager",)
+_KEYWORDS = (
+    ("Data Entry Error", "DEE"),
+    ("Protocol Deviation", "PD"),
+    ("Source Data Verified", "SDV"),
+    ("Needs Review", "NR"),
+)
+_WEEKS = (2, 4, 8, 12, 16, 24, 36, 52)
+
+_Q_OPEN = (
+    "Please verify against source.",
+    "Value outside expected range, please confirm.",
+    "Missing value: please enter or mark as not done.",
+    "Date inconsistent with visit date, please check.",
+    "Please clarify the entry.",
+)
+_Q_ANSWER = (
+    "Verified against source, value is correct.",
+    "Corrected per source document.",
+    "Value entered.",
+    "Transcription error fixed.",
+)
+_Q_CLOSE = ("Response accepted, closing query.", "Resolved.", "Closed after SDV.")
+_Q_FOLLOW_UP = ("Please clarify the entry.", "Answer does not match source, please re-check.")
+_Q_REOPEN = ("Re-opening: correction not reflected in the record.",)
+_Q_DESC = {
+    "question": ("Out of range", "Missing value", "Please verify", "Inconsistent date"),
+    "record": ("Record incomplete", "Please review record", "Visit date mismatch"),
+    "subject": ("Eligibility check", "Informed consent date missing", "Subject status review"),
+}
+_Q_TYPES = (None, None, None, None, "Manual", "Edit Check", "Auto")
+
+# --------------------------------------------------------------------------------------
+# Time: every instant is integer seconds since 2024-01-01 00:00:00 UTC.
+# --------------------------------------------------------------------------------------
+
+_ORIGIN = date(2024, 1, 1)
+_DAY = 86_400
+_N_DAYS = (date(2025, 12, 31) - _ORIGIN).days + 1
+#: Every seeded timestamp is clamped here so seed data is always in the past.
+_CAP = _N_DAYS * _DAY - 1
+_DATES = tuple((_ORIGIN + timedelta(days=d)).isoformat() for d in range(_N_DAYS))
+_FIRST_ENROLL_DAY = 31  # 2024-02-01, after sites, forms and users are set up
+_LAST_VISIT_DAY = (date(2025, 11, 30) - _ORIGIN).days
+_EDIT_END = (date(2025, 12, 10) - _ORIGIN).days * _DAY + 17 * 3600
+#: One data-migration second that re-saves a slice of all records: a large same-second
+#: block is what breaks ``>`` watermarks and page boundaries, so the seed must have one.
+_BULK_T = (date(2025, 12, 15) - _ORIGIN).days * _DAY + 2 * 3600
+_WORK_START = 8 * 3600
+_WORK_SPAN = 10 * 3600
+_BLANK = 0.05  # share of "" values in recordData
+_EDIT_RATE = 0.2
+_ID_LIMIT = ID_STRIDE - 1
+
+
+def _ts(t: int) -> str:
+    """Format seconds-since-origin as ``YYYY-MM-DD HH:MM:SS``; table lookup keeps it cheap."""
+    if t > _CAP:
+        t = _CAP
+    d, s = divmod(t, _DAY)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{_DATES[d]} {h:02d}:{m:02d}:{s:02d}"
+
+
+def _value_pool(src: Any, cache: dict[str, str]) -> tuple[str, ...] | None:
+    """Turn a catalogue value source into a tuple of shared, deduplicated strings."""
+    if src is None:
+        return None
+    if src and src[0] == _N:
+        _, mean, sd, lo, hi, dec = src
+        nd = NormalDist(mean, sd)
+        out = []
+        for k in range(200):
+            x = min(hi, max(lo, nd.inv_cdf((k + 0.5) / 200)))
+            out.append(str(round(x)) if dec == 0 else f"{x:.{dec}f}")
+        src = out
+    return tuple(cache.setdefault(v, v) for v in src)
+
+
+def _extra_form(n: int) -> tuple[str, str, tuple[_Var, ...]]:
+    """Build a generic form for specs that schedule more forms than the catalogue has."""
+    p = f"f{n}"
+    return (
+        f"FORM{n}",
+        f"Additional Form {n}",
+        (
+            (f"{p}dt", "DATE", "Assessment date", None),
+            (f"{p}txt", "TEXT", "Free text", ("Alpha", "Bravo", "Charlie", "Delta")),
+            (f"{p}int", "INTEGER", "Count", (_N, 10, 3, 0, 25, 0)),
+            (f"{p}num", "NUMBER", "Measurement", (_N, 5.0, 1.2, 0.5, 12.0, 1)),
+            (f"{p}rad", "RADIO", "Category", ("A", "B", "C")),
+            (f"{p}chk", "CHECKBOX", "Confirmed", _YN_TRUE_MOSTLY),
+            (f"{p}cmt", "MEMO", "Comments", _GENERIC_MEMO),
+        ),
+    )
+
+
+def _work_time(day: int, r: float) -> int:
+    """An instant during site working hours, since EDC entries cluster there."""
+    return day * _DAY + _WORK_START + int(r * _WORK_SPAN)
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _validate(spec: StudySpec) -> None:
+    if spec.sites < 1 or spec.intervals < 1 or spec.forms_per_interval < 1:
+        raise ValueError("sites, intervals and forms_per_interval must be >= 1")
+    if spec.subjects < 0 or spec.users < 0 or spec.study_id < 0:
+        raise ValueError("subjects, users and study_id must be >= 0")
+    if spec.query_rate < 0 or not 0 <= spec.closed_query_rate <= 1:
+        raise ValueError("query_rate must be >= 0 and closed_query_rate in [0, 1]")
+    if not 0 <= spec.soft_deleted_rate <= 1:
+        raise ValueError("soft_deleted_rate must be in [0, 1]")
+    # Codings (<= 2 per record) and queries (<= ceil(rate) per record) share the id stride.
+    if spec.record_count * max(2, math.ceil(spec.query_rate)) > _ID_LIMIT:
+        raise ValueError("too many rows for one study's id range (ids are offset by study_id)")
+
+
+# --------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------
+
+
+def generate_study(spec: StudySpec) -> StudyData:
+    """Build one study's rows; the same spec always yields identical output.
+
+    The cyclic GC is paused meanwhile: the rows hold no cycles, yet hundreds of thousands of
+    new dicts trigger repeated full collections that cost about a third of the run time.
+    """
+    _validate(spec)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _generate(spec)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _generate(spec: StudySpec) -> StudyData:
+    rng = random.Random(f"imednet-seed:{spec.seed}:{spec.study_id}:{spec.study_key}")
+    rnd = rng.random
+    K = spec.study_key
+    base = spec.study_id * ID_STRIDE
+    strings: dict[str, str] = {}
+
+    study = {
+        "sponsorKey": str(100 + spec.study_id),
+        "studyKey": K,
+        "studyId": spec.study_id,
+        "studyName": f"{K} Phase II Efficacy and Safety Study",
+        "studyDescription": f"Randomised, double-blind study {K} (emulator seed {spec.seed})",
+        "studyType": "STUDY",
+        "dateCreated": _ts(_work_time(1, 0.12)),
+        "dateModified": _ts(_work_time(26, 0.8)),
+    }
+
+    # ---- users -------------------------------------------------------------------
+    role_defs = []
+    for i, (name, desc, level, rtype) in enumerate(_ROLES):
+        t = _work_time(2 + i, rnd())
+        role_defs.append((name, desc, level, rtype, _uuid(rng), _ts(t), _ts(t + 3 * _DAY)))
+    users: list[dict] = []
+    logins: set[str] = set()
+    by_role: dict[str, list[dict]] = {}
+    for i in range(spec.users):
+        first = _FIRST_NAMES[(i + int(rnd() * 4)) % len(_FIRST_NAMES)]
+        last = _LAST_NAMES[(i * 7 + int(rnd() * 3)) % len(_LAST_NAMES)]
+        login = stem = (first[0] + last).lower()
+        k = 1
+        while login in logins:
+            k += 1
+            login = f"{stem}{k}"
+        logins.add(login)
+        rname, rdesc, level, rtype, rid, rcreated, rmod = role_defs[i % len(role_defs)]
+        roles = [
+            {
+                "dateCreated": rcreated,
+                "dateModified": rmod,
+                "roleId": rid,
+                "communityId": spec.study_id,
+                "name": rname,
+                "description": rdesc,
+                "level": level,
+                "type": rtype,
+                "inactive": False,
+            }
+        ]
+        user = {
+            "userId": _uuid(rng),
+            "login": login,
+            "firstName": first,
+            "lastName": last,
+            "email": f"{login}@example.com",
+            # The last user has left the study: exercises includeInactive=false.
+            "userActiveInStudy": not (spec.users >= 2 and i == spec.users - 1),
+            "roles": roles,
+        }
+        users.append(user)
+        by_role.setdefault(rname, []).append(user)
+    users.sort(key=lambda u: u["login"])
+
+    def _people(role_names: tuple[str, ...]) -> list[dict]:
+        found = [u for r in role_names for u in by_role.get(r, [])]
+        return found or users
+
+    entry_people = [(u["login"], u["roles"][0]["name"]) for u in _people(_ENTRY_ROLES)]
+    if not entry_people:
+        entry_people = [("system", "System")]
+    monitors = [u["login"] for u in _people(_MONITOR_ROLES)] or ["system"]
+    coders = [f"{u['firstName']} {u['lastName']}" for u in _people(_CODER_ROLES)] or ["System"]
+
+    # ---- forms and variables -----------------------------------------------------
+    n_forms = max(len(FORM_CATALOGUE), spec.forms_per_interval + 1)
+    catalogue = list(FORM_CATALOGUE) + [
+        _extra_form(n) for n in range(len(FORM_CATALOGUE) + 1, n_forms + 1)
+    ]
+    forms: list[dict] = []
+    variables: list[dict] = []
+    form_by_key: dict[str, dict] = {}
+    # formKey -> (names, [(name, pool-or-None, scale)]) for the record hot loop
+    form_fill: dict[str, tuple[tuple[str, ...], tuple[tuple[str, Any, float], ...]]] = {}
+    var_labels: dict[tuple[str, str], str] = {}
+    var_id = base
+    for fi, (fkey, fname, fvars) in enumerate(catalogue):
+        fid = base + fi + 1
+        revision = 1 + int(rnd() * 3)
+        t_created = _work_time(3 + fi % 3, rnd())
+        t_mod = t_created if revision == 1 else _work_time(10 + int(rnd() * 15), rnd())
+        created_s, mod_s = _ts(t_created), _ts(t_mod)
+        form = {
+            "studyKey": K,
+            "formId": fid,
+            "formKey": fkey,
+            "formName": fname,
+            "formType": "Subject",
+            "revision": revision,
+            "embeddedLog": False,
+            "enforceOwnership": False,
+            "userAgreement": False,
+            "subjectRecordReport": fkey == "REG",
+            "unscheduledVisit": fkey in ("AE", "CM"),
+            "otherForms": False,
+            "eproForm": fkey == "QS",
+            "allowCopy": fkey in ("VS", "LB", "CM"),
+            "disabled": False,
+            "dateCreated": created_s,
+            "dateModified": mod_s,
+        }
+        forms.append(form)
+        form_by_key[fkey] = form
+        fill = []
+        for seq, (vname, vtype, label, src) in enumerate(fvars, start=1):
+            var_id += 1
+            pool = _value_pool(src, strings)
+            if pool is not None:
+                # The extra trailing element guards int(r * scale) against float rounding.
+                fill.append((vname, (*pool, pool[-1]), len(pool) / (1 - _BLANK)))
+            else:
+                fill.append((vname, None, 0.0))
+            var_labels[(fkey, vname)] = label
+            variables.append(
+                {
+                    "studyKey": K,
+                    "variableId": var_id,
+                    "variableType": vtype,
+                    "variableName": vname,
+                    "sequence": seq,
+                    "revision": 1,
+                    "disabled": False,
+                    "dateCreated": created_s,
+                    "dateModified": created_s,
+                    "formId": fid,
+                    "variableOid": f"VAR-{var_id}",
+                    "deleted": False,
+                    "formKey": fkey,
+                    "formName": fname,
+                    "label": label,
+                    "blinded": False,
+                }
+            )
+        form_fill[fkey] = (tuple(v[0] for v in fvars), tuple(fill))
+
+    # ---- intervals ---------------------------------------------------------------
+    extras = tuple(c[0] for c in catalogue[len(FORM_CATALOGUE) :])
+    fpi = spec.forms_per_interval
+    screening = ("REG", *(_SCREENING_ORDER + extras)[: fpi - 1])
+    recurring = _RECURRING_ORDER + extras
+    core = recurring[: min(3, fpi)]
+    rest = recurring[3:]
+    schedule: list[tuple[str, ...]] = [screening]
+    for j in range(1, spec.intervals):
+        k = fpi - len(core)
+        start = ((j - 1) * max(1, k)) % len(rest)
+        schedule.append(core + tuple(rest[(start + x) % len(rest)] for x in range(k)))
+
+    # Nominal day offsets: Screening, Baseline (day 14), then weeks after baseline.
+    offsets = [0]
+    names = ["Screening"]
+    for j in range(1, spec.intervals):
+        if j == 1:
+            offsets.append(14)
+            names.append("Baseline")
+        else:
+            w = _WEEKS[j - 2] if j - 2 < len(_WEEKS) else 52 + 12 * (j - 1 - len(_WEEKS))
+            offsets.append(14 + 7 * w)
+            names.append(f"Week {w}")
+    span_days = _LAST_VISIT_DAY - 3 - _FIRST_ENROLL_DAY
+    max_schedule = span_days // 2
+    if offsets[-1] > max_schedule:  # long schedules are compressed to stay in 2024-2025
+        scale = max_schedule / offsets[-1]
+        offsets = [round(o * scale) for o in offsets]
+    slacks = [0] + [
+        max(0, min(3, (offsets[j] - offsets[j - 1] - 1) // 3)) for j in range(1, spec.intervals)
+    ]
+    enroll_days = span_days - offsets[-1]
+
+    intervals: list[dict] = []
+    interval_info = []  # (intervalId, name, visitDateForm, visitDateQuestion, form keys)
+    t_int = _work_time(6, 0.3)
+    for j in range(spec.intervals):
+        iid = base + j + 1
+        sched = schedule[j]
+        first_form = form_by_key[sched[0]]
+        date_q = form_fill[sched[0]][0][0]
+        group = (1, "Screening") if j == 0 else (2, "Treatment")
+        intervals.append(
+            {
+                "studyKey": K,
+                "intervalId": iid,
+                "intervalName": names[j],
+                "intervalDescription": f"{names[j]} visit",
+                "intervalSequence": (j + 1) * 10,
+                "intervalGroupId": base + group[0],
+                "intervalGroupName": group[1],
+                "timeline": "Start Date End Date",
+                "definedUsingInterval": "" if j == 0 else names[0],
+                "windowCalculationForm": "" if j == 0 else "Registration",
+                "windowCalculationDate": "" if j == 0 else "regdt",
+                "actualDateForm": first_form["formName"],
+                "actualDate": date_q,
+                "dueDateWillBeIn": offsets[j],
+                "negativeSlack": slacks[j],
+                "positiveSlack": slacks[j],
+                "eproGracePeriod": 2 if "QS" in sched else 0,
+                "forms": [
+                    {
+                        "formId": form_by_key[k]["formId"],
+                        "formKey": k,
+                        "formName": form_by_key[k]["formName"],
+                    }
+                    for k in sched
+                ],
+                "disabled": False,
+                "dateCreated": _ts(t_int),
+                "dateModified": _ts(t_int + (14 * _DAY if j % 3 == 2 else 0)),
+            }
+        )
+        interval_info.append((iid, names[j], first_form["formName"], date_q, sched))
+
+    # ---- sites and subjects ------------------------------------------------------
+    n_sites = spec.sites
+    site_names = []
+    for i in range(n_sites):
+        city = _CITIES[i % len(_CITIES)]
+        site_names.append(city if i < len(_CITIES) else f"{city} {i // len(_CITIES) + 1}")
+    site_w = [0.5 + rnd() for _ in range(n_sites)]
+    n_subj = spec.subjects
+    enroll = sorted(
+        _work_time(_FIRST_ENROLL_DAY + int(rnd() * enroll_days), rnd()) for _ in range(n_subj)
+    )
+    subj_site = rng.choices(range(n_sites), weights=site_w, k=n_subj)
+    per_site = [0] * n_sites
+    for s in subj_site:
+        per_site[s] += 1
+    seq_w = max(3, len(str(max(per_site, default=0))))
+    site_w_digits = max(2, len(str(n_sites)))
+
+    n_int = spec.intervals
+    # Visit instants, flat [subject * n_int + interval]; later visits never precede earlier.
+    visit_t: list[int] = [0] * (n_subj * n_int)
+    for s in range(n_subj):
+        e = enroll[s]
+        e_day = e // _DAY
+        visit_t[s * n_int] = e
+        for j in range(1, n_int):
+            sl = slacks[j]
+            day = e_day + offsets[j] + (int(rnd() * (2 * sl + 1)) - sl if sl else 0)
+            visit_t[s * n_int + j] = _work_time(day, rnd())
+
+    subjects: list[dict] = []
+    site_seq = [0] * n_sites
+    site_last = [0] * n_sites
+    kw_defs = [(n, k, base + i + 1) for i, (n, k) in enumerate(_KEYWORDS)]
+    for s in range(n_subj):
+        si = subj_site[s]
+        site_seq[si] += 1
+        sid = base + s + 1
+        t0 = enroll[s]
+        site_last[si] = max(site_last[si], t0)
+        r = rnd()
+        if r < 0.08:
+            status = "Screened"
+        elif r < 0.17:
+            status = "Withdrawn"
+        elif r < 0.55:
+            status = "Enrolled"
+        else:
+            status = "Completed"
+        t_mod = visit_t[s * n_int + n_int - 1] if status in ("Completed", "Withdrawn") else t0
+        keywords = []
+        if rnd() < 0.1:
+            kn, kk, kid = kw_defs[int(rnd() * len(kw_defs))]
+            t_mod = max(t_mod, t0 + _DAY)
+            keywords.append(
+                {"keywordName": kn, "keywordKey": kk, "keywordId": kid, "dateAdded": _ts(t_mod)}
+            )
+        t0_s = _ts(t0)
+        subjects.append(
+            {
+                "studyKey": K,
+                "subjectId": sid,
+                "subjectOid": f"OID-{sid}",
+                "subjectKey": f"{si + 1:0{site_w_digits}d}-{site_seq[si]:0{seq_w}d}",
+                "subjectStatus": status,
+                "siteId": base + si + 1,
+                "siteName": site_names[si],
+                "deleted": False,
+                "enrollmentStartDate": t0_s,
+                "dateCreated": t0_s,
+                "dateModified": _ts(t_mod) if t_mod != t0 else t0_s,
+                "keywords": keywords,
+            }
+        )
+
+    sites: list[dict] = []
+    for i in range(n_sites):
+        t_c = _work_time(2 + (i * 3) % 27, rnd())
+        closed = i > 0 and rnd() < 0.25
+        t_m = max(site_last[i], t_c) + 30 * _DAY if closed else t_c + 2 * _DAY
+        sites.append(
+            {
+                "studyKey": K,
+                "siteId": base + i + 1,
+                "siteName": site_names[i],
+                "siteEnrollmentStatus": "Enrollment Closed" if closed else "Enrollment Open",
+                "dateCreated": _ts(t_c),
+                "dateModified": _ts(min(t_m, _EDIT_END)),
+            }
+        )
+
+    # ---- visits, records, revisions, codings, queries --------------------------------
+    order = sorted(range(n_subj * n_int), key=visit_t.__getitem__)  # ids follow time
+    n_records = spec.record_count
+    bulk_p = max(0.03, min(0.5, 150 / n_records)) if n_records else 0.0
+    bulk_s = _ts(_BULK_T)
+    del_rate = spec.soft_deleted_rate
+    q_whole = int(spec.query_rate)
+    q_frac = spec.query_rate - q_whole
+    closed_rate = spec.closed_query_rate
+    n_entry = len(entry_people)
+    n_mon = len(monitors)
+    visits: list[dict] = []
+    records: list[dict] = []
+    rec_mod_t: list[int] = []
+    codings: list[dict] = []
+    pending_q: list[tuple[int, int, dict]] = []
+    desc_cache: dict[tuple[str, str], str] = {}
+    coding_id = base
+    vid = base
+    rid = base
+    # Per-interval prebuilt data: (intervalId, name, date form, date question,
+    # [(form dict, fill spec, variable names, coding spec)])
+    int_plan = [
+        (
+            iid,
+            iname,
+            dform,
+            dq,
+            [
+                (form_by_key[k], form_fill[k][1], form_fill[k][0], _CODED_FORMS.get(k))
+                for k in sched
+            ],
+        )
+        for iid, iname, dform, dq, sched in interval_info
+    ]
+    for idx in order:
+        s, j = divmod(idx, n_int)
+        subj = subjects[s]
+        t_v = visit_t[idx]
+        v_day = t_v // _DAY
+        vdate = _DATES[v_day]
+        t_v_s = _ts(t_v)
+        iid, iname, dform, dq, plan = int_plan[j]
+        vid += 1
+        if j == 0:
+            start_d, end_d, due_d = vdate, _DATES[min(v_day + 14, _N_DAYS - 1)], None
+        else:
+            target = enroll[s] // _DAY + offsets[j]
+            sl = slacks[j]
+            start_d, end_d, due_d = _DATES[target - sl], _DATES[target + sl], _DATES[target]
+        subject_id = subj["subjectId"]
+        subject_key = subj["subjectKey"]
+        subject_oid = subj["subjectOid"]
+        site_id = subj["siteId"]
+        site_name = subj["siteName"]
+        visits.append(
+            {
+                "studyKey": K,
+                "visitId": vid,
+                "intervalId": iid,
+                "intervalName": iname,
+                "subjectId": subject_id,
+                "subjectKey": subject_key,
+                "startDate": start_d,
+                "endDate": end_d,
+                "dueDate": due_d,
+                "visitDate": vdate,
+                "visitDateForm": dform,
+                "visitDateQuestion": dq,
+                "deleted": False,
+                "dateCreated": t_v_s,
+                "dateModified": t_v_s,
+            }
+        )
+        # Edits of this visit's records happen in one later session (shared second).
+        t_edit = min(_work_time(v_day + 1 + int(rnd() * 20), rnd()), _EDIT_END)
+        t_edit_s = _ts(t_edit)
+        e_login = entry_people[s % n_entry][0]
+        for form, fill, vnames, coded in plan:
+            rid += 1
+            data = {}
+            for name, pool, scale in fill:
+                r = rnd()
+                if r < _BLANK:
+                    data[name] = ""
+                elif pool is None:
+                    data[name] = vdate
+                else:
+                    data[name] = pool[int((r - _BLANK) * scale)]
+            status = "Record Incomplete" if "" in data.values() else "Record Complete"
+            r = rnd()
+            deleted = r < del_rate
+            if deleted or r < _EDIT_RATE:
+                t_m, t_m_s = t_edit, t_edit_s
+            else:
+                t_m, t_m_s = t_v, t_v_s
+            if not deleted and rnd() < bulk_p:
+                t_m, t_m_s = _BULK_T, bulk_s
+            keywords = []
+            if rnd() < 0.02:
+                kn, kk, kid = kw_defs[int(rnd() * len(kw_defs))]
+                keywords.append(
+                    {"keywordName": kn, "keywordKey": kk, "keywordId": kid, "dateAdded": t_m_s}
+                )
+            fkey = form["formKey"]
+            records.append(
+                {
+                    "studyKey": K,
+                    "intervalId": iid,
+                    "formId": form["formId"],
+                    "formKey": fkey,
+                    "siteId": site_id,
+                    "recordId": rid,
+                    "recordOid": f"REC-{rid}",
+                    "recordType": "SUBJECT",
+                    "recordStatus": status,
+                    "deleted": deleted,
+                    "dateCreated": t_v_s,
+                    "dateModified": t_m_s,
+                    "subjectId": subject_id,
+                    "subjectOid": subject_oid,
+                    "subjectKey": subject_key,
+                    "visitId": vid,
+                    "parentRecordId": 0,
+                    "keywords": keywords,
+                    "recordData": data,
+                }
+            )
+            rec_mod_t.append(t_m)
+
+            if coded is not None:
+                cvar, dict_name, dict_ver, mapping = coded
+                term = data[cvar]
+                if term:
+                    t_c = _work_time(v_day + 2 + int(rnd() * 10), rnd())
+                    n_codings = 2 if rnd() < 0.1 else 1
+                    for rev in range(1, n_codings + 1):
+                        coding_id += 1
+                        codings.append(
+                            {
+                                "studyKey": K,
+                                "siteName": site_name,
+                                "siteId": site_id,
+                                "subjectId": subject_id,
+                                "subjectKey": subject_key,
+                                "formId": form["formId"],
+                                "formName": form["formName"],
+                                "formKey": fkey,
+                                "revision": rev,
+                                "recordId": rid,
+                                "variable": cvar,
+                                "value": term,
+                                "codingId": coding_id,
+                                "code": mapping[term],
+                                "codedBy": coders[(coding_id + rev) % len(coders)],
+                                "reason": "Initial coding"
+                                if rev == 1
+                                else "Recoded after dictionary upversion",
+                                "dictionaryName": dict_name,
+                                "dictionaryVersion": dict_ver,
+                                "dateCoded": _ts(t_c + (rev - 1) * 21 * _DAY),
+                            }
+                        )
+
+            n_q = q_whole + (1 if rnd() < q_frac else 0)
+            for _ in range(n_q):
+                r = rnd()
+                if r < 0.82:
+                    a_type = "question"
+                    variable = vnames[int(rnd() * len(vnames))]
+                    q_rid = rid
+                elif r < 0.93:
+                    a_type, variable, q_rid = "record", "", rid
+                else:
+                    a_type, variable, q_rid = "subject", "", 0
+                descs = _Q_DESC[a_type]
+                desc = descs[int(rnd() * len(descs))]
+                if variable:
+                    ck = (desc, var_labels[(fkey, variable)])
+                    cached = desc_cache.get(ck)
+                    if cached is None:
+                        cached = desc_cache[ck] = f"{ck[0]}: {ck[1]}"
+                    desc = cached
+                t_q = _work_time(v_day + 1 + int(rnd() * 14), rnd())
+                comments: list[dict] = []
+                t_last = t_q
+                if rnd() >= 0.05:
+                    closed = rnd() < closed_rate
+                    n_c = 1 + int(rnd() * 3)
+                    if closed and n_c == 1:
+                        n_c = 2
+                    reopened = not closed and n_c == 3 and rnd() < 0.35
+                    mon = monitors[(s + j) % n_mon]
+                    for seq in range(1, n_c + 1):
+                        if seq == 1:
+                            st, who, pool, cl = "Monitor Query Open", mon, _Q_OPEN, False
+                        elif (closed and seq == n_c) or (reopened and seq == 2):
+                            st, who, pool, cl = "Monitor Query Closed", mon, _Q_CLOSE, True
+                        elif reopened:
+                            st, who, pool, cl = "Monitor Query Re-opened", mon, _Q_REOPEN, False
+                        elif seq == 3:  # open, 3 comments: monitor follows up the answer
+                            st, who, pool, cl = "Monitor Query Open", mon, _Q_FOLLOW_UP, False
+                        else:
+                            st, who, pool, cl = "Monitor Query Answered", e_login, _Q_ANSWER, False
+                        if seq > 1:
+                            t_last = _work_time(t_last // _DAY + 1 + int(rnd() * 10), rnd())
+                        comments.append(
+                            {
+                                "sequence": seq,
+                                "annotationStatus": st,
+                                "user": who,
+                                "comment": pool[int(rnd() * len(pool))],
+                                "closed": cl,
+                                "date": _ts(t_last),
+                            }
+                        )
+                q = {
+                    "studyKey": K,
+                    "subjectId": subject_id,
+                    "subjectOid": subject_oid,
+                    "annotationType": a_type,
+                    "annotationId": 0,  # assigned below, in creation order
+                    "type": _Q_TYPES[int(rnd() * len(_Q_TYPES))],
+                    "description": desc,
+                    "recordId": q_rid,
+                    "variable": variable,
+                    "subjectKey": subject_key,
+                    "dateCreated": _ts(t_q),
+                    "dateModified": _ts(t_last),
+                    "queryComments": comments,
+                }
+                pending_q.append((min(t_q, _CAP), rid, q))
+
+    # Revision ids follow the time of the state they snapshot (the record's dateModified),
+    # as a live system's would; ties keep recordId order (sorted() is stable).
+    rev_order = sorted(range(len(records)), key=rec_mod_t.__getitem__)
+    record_revisions: list[dict] = []
+    rev_id = base
+    for i in rev_order:
+        rec = records[i]
+        rev_id += 1
+        login, role = entry_people[(rec["subjectId"] - base - 1) % n_entry]
+        record_revisions.append(
+            {
+                "studyKey": K,
+                "recordRevisionId": rev_id,
+                "recordId": rec["recordId"],
+                "recordOid": rec["recordOid"],
+                "recordRevision": 1,
+                "dataRevision": 1,
+                "recordStatus": rec["recordStatus"],
+                "subjectId": rec["subjectId"],
+                "subjectOid": rec["subjectOid"],
+                "subjectKey": rec["subjectKey"],
+                "siteId": rec["siteId"],
+                "formKey": rec["formKey"],
+                "intervalId": rec["intervalId"],
+                "role": role,
+                "user": login,
+                "reasonForChange": "",
+                "deleted": rec["deleted"],
+                "dateCreated": rec["dateModified"],
+            }
+        )
+
+    pending_q.sort(key=lambda x: (x[0], x[1]))
+    queries: list[dict] = []
+    for n, (_, _, q) in enumerate(pending_q, start=1):
+        q["annotationId"] = base + n
+        queries.append(q)
+
+    return StudyData(
+        study=study,
+        sites=sites,
+        forms=forms,
+        intervals=intervals,
+        variables=variables,
+        subjects=subjects,
+        visits=visits,
+        records=records,
+        record_revisions=record_revisions,
+        queries=queries,
+        codings=codings,
+        users=users,
+    )

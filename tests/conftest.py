@@ -1,0 +1,79 @@
+"""Shared fixtures: one emulator per session on a loopback port, and the real SDK against it."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import pytest
+from imednet import ImednetSDK
+
+from imednet_flows.emulator import (
+    DEMO_API_KEY,
+    DEMO_SECURITY_KEY,
+    EmulatorServer,
+    StudySpec,
+    running_emulator,
+)
+
+#: More than 500 rows of subjects, visits, records and queries: page boundaries get crossed.
+BIG = StudySpec(study_key="PHX-101", study_id=1, seed=11, subjects=520)
+SMALL = StudySpec(study_key="SMALL", study_id=2, seed=22, subjects=12, sites=2)
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to run against anything but loopback: the SDK defaults to the hosted service."""
+    base_url = os.environ.get("IMEDNET_BASE_URL")
+    if base_url and not is_loopback_url(base_url):
+        raise pytest.UsageError(
+            f"IMEDNET_BASE_URL={base_url!r} is not a loopback address. The tests only talk "
+            "to the local emulator; unset IMEDNET_BASE_URL or point it at 127.0.0.1."
+        )
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[EmulatorServer]:
+    """Read-only session emulator: tests that change data use `fresh_emulator`."""
+    with running_emulator([BIG, SMALL]) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_emulator() -> Iterator[EmulatorServer]:
+    """A small emulator of one's own, for tests that mutate data or switch faults."""
+    with running_emulator([SMALL]) as server:
+        yield server
+
+
+def make_sdk(server: EmulatorServer, **kwargs: object) -> ImednetSDK:
+    """The real SDK over real HTTP; backoff 0 keeps its own retries instant in tests."""
+    assert is_loopback_url(server.base_url)
+    options: dict[str, object] = {"backoff_factor": 0.0}
+    options.update(kwargs)
+    return ImednetSDK(
+        api_key=DEMO_API_KEY, security_key=DEMO_SECURITY_KEY, base_url=server.base_url, **options
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def sdk(emulator: EmulatorServer) -> Iterator[ImednetSDK]:
+    with make_sdk(emulator) as client:
+        yield client
+
+
+@pytest.fixture
+def fresh_sdk(fresh_emulator: EmulatorServer) -> Iterator[ImednetSDK]:
+    with make_sdk(fresh_emulator) as client:
+        yield client
