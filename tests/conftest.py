@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -77,3 +77,32 @@ def sdk(emulator: EmulatorServer) -> Iterator[ImednetSDK]:
 def fresh_sdk(fresh_emulator: EmulatorServer) -> Iterator[ImednetSDK]:
     with make_sdk(fresh_emulator) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One real, temporary Prefect API for the whole session (starting one costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def imednet_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[EmulatorServer], None]:
+    """Point the flows' client factory at an emulator, the way an operator would: env vars."""
+
+    def point_at(server: EmulatorServer) -> None:
+        assert is_loopback_url(server.base_url)
+        monkeypatch.setenv("IMEDNET_BASE_URL", server.base_url)
+        monkeypatch.setenv("IMEDNET_API_KEY", DEMO_API_KEY)
+        monkeypatch.setenv("IMEDNET_SECURITY_KEY", DEMO_SECURITY_KEY)
+
+    return point_at
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry waits in milliseconds; the one test of the real schedule unsets this."""
+    monkeypatch.setenv("IMEDNET_FLOWS_BACKOFF_BASE", "0.01")
+    monkeypatch.setenv("IMEDNET_FLOWS_BACKOFF_MAX", "0.05")

@@ -12,9 +12,20 @@ Error positions are 0-based character offsets into the decoded parameter value.
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Final, Literal
+
+from imednet_flows.filter_syntax import (
+    COMPARISONS,
+    CONTAINS_OPS,
+    FILTER_OPS_HINT,
+    BadTimestamp,
+    FilterError,
+    Term,
+    format_timestamp,
+    parse_dnf,
+    parse_instant,
+    parse_timestamp,
+)
 
 __all__ = [
     "FieldKind",
@@ -28,227 +39,6 @@ __all__ = [
 FieldKind = Literal["int", "str", "bool", "ts", "date"]
 Predicate = Callable[[Mapping[str, Any]], bool]
 Comparison = Callable[[Any, Any], bool]
-
-
-class FilterError(ValueError):
-    """Raised for malformed syntax, unknown attribute, bad operator or bad value.
-
-    The message is returned to API clients in a 400 body, so it names the offending piece of
-    text and its position instead of describing parser internals.
-    """
-
-
-# --------------------------------------------------------------------------- lexical layer
-
-_ATTRIBUTE_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# A quoted value may hold any character; a backslash escapes the next one (`\"`, `\\`).
-_QUOTED_RE: Final = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
-_ESCAPE_RE: Final = re.compile(r"\\(.)", re.DOTALL)
-_UNQUOTED_RE: Final = re.compile(r'[^;,"]*')
-_SEPARATORS: Final = ";,"
-
-# Longest match first, so "<=" is never read as "<" followed by a value starting with "=".
-_OPERATORS: Final = ("==", "!=", "<=", ">=", "=~", "~=", "<", ">")
-_CONTAINS: Final = frozenset({"=~", "~="})
-_FILTER_OPS_HINT: Final = "== != <= >= < >"
-_RECORD_DATA_OPS_HINT: Final = "== != <= >= < > =~ ~="
-
-_COMPARISONS: Final[Mapping[str, Comparison]] = {
-    "==": operator.eq,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Term:
-    """One `attribute op value` triple with the offsets needed for error messages."""
-
-    attribute: str
-    op: str
-    value: str
-    position: int
-    value_position: int
-
-
-def _snippet(text: str, start: int) -> str:
-    """The raw text of the term starting at `start`, for quoting it back in an error."""
-    end = start
-    while end < len(text) and text[end] not in _SEPARATORS:
-        end += 1
-    raw = text[start:end]
-    return raw if len(raw) <= 60 else raw[:57] + "..."
-
-
-def _parse(text: str, param: str) -> list[list[_Term]]:
-    """Split `text` into OR-ed groups of AND-ed terms.
-
-    `;` binds tighter than `,` (RSQL), so `a,b;c` is `[[a], [b, c]]`: a new group starts at
-    every comma.
-    """
-    ops_hint = _RECORD_DATA_OPS_HINT if param == "recordDataFilter" else _FILTER_OPS_HINT
-    groups: list[list[_Term]] = [[]]
-    pos = 0
-    while True:
-        term, pos = _parse_term(text, pos, param, ops_hint)
-        groups[-1].append(term)
-        if pos == len(text):
-            return groups
-        if text[pos] == ",":
-            groups.append([])
-        pos += 1
-
-
-def _parse_term(text: str, pos: int, param: str, ops_hint: str) -> tuple[_Term, int]:
-    """Read one term at `pos`; return it and the offset of the following separator or end."""
-    if pos == len(text):
-        raise FilterError(
-            f"empty term at end of {param} (position {pos}): "
-            f'"{text[pos - 1]}" must be followed by another term'
-        )
-    if text[pos] in _SEPARATORS:
-        raise FilterError(f'empty term at position {pos} in {param}: unexpected "{text[pos]}"')
-    match = _ATTRIBUTE_RE.match(text, pos)
-    if match is None:
-        raise FilterError(
-            f'malformed term "{_snippet(text, pos)}" at position {pos} in {param}: '
-            "expected an attribute name ([A-Za-z_][A-Za-z0-9_]*)"
-        )
-    attribute = match.group()
-    op_pos = match.end()
-    op = next((o for o in _OPERATORS if text.startswith(o, op_pos)), None)
-    if op is None:
-        raise FilterError(
-            f'malformed term "{_snippet(text, pos)}" at position {pos} in {param}: '
-            f'expected one of {ops_hint} after "{attribute}" at position {op_pos}'
-        )
-    value_pos = op_pos + len(op)
-    value, end = _parse_value(text, value_pos, param)
-    return _Term(attribute, op, value, pos, value_pos), end
-
-
-def _parse_value(text: str, pos: int, param: str) -> tuple[str, int]:
-    """Read a quoted or unquoted value at `pos`; return it and the offset just after it."""
-    if pos == len(text) or text[pos] in _SEPARATORS:
-        raise FilterError(
-            f'missing value at position {pos} in {param} after "{_snippet_before(text, pos)}"'
-        )
-    if text[pos] == '"':
-        return _parse_quoted(text, pos, param)
-    match = _UNQUOTED_RE.match(text, pos)
-    assert match is not None  # the pattern accepts the empty string
-    end = match.end()
-    if end < len(text) and text[end] == '"':
-        raise FilterError(
-            f"unexpected '\"' at position {end} in {param}: "
-            'a value containing quotes must be quoted as a whole, with \\" inside'
-        )
-    return match.group(), end
-
-
-def _parse_quoted(text: str, pos: int, param: str) -> tuple[str, int]:
-    """Read `"..."` at `pos`, undoing backslash escapes."""
-    match = _QUOTED_RE.match(text, pos)
-    if match is None:
-        raise FilterError(f"unterminated quoted value starting at position {pos} in {param}")
-    end = match.end()
-    if end < len(text) and text[end] not in _SEPARATORS:
-        raise FilterError(
-            f'unexpected "{text[end]}" at position {end} in {param} after a quoted value: '
-            'expected ";", "," or the end of the filter'
-        )
-    return _ESCAPE_RE.sub(r"\1", match.group(1)), end
-
-
-def _snippet_before(text: str, pos: int) -> str:
-    """The term text leading up to `pos`, e.g. `formKey==` for a missing value."""
-    start = pos
-    while start > 0 and text[start - 1] not in _SEPARATORS:
-        start -= 1
-    return text[start:pos]
-
-
-# --------------------------------------------------------------------------- timestamps
-
-_TIMESTAMP_RE: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
-    r"(?:[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})?)?"
-)
-
-
-class _BadTimestamp(Exception):
-    """Why a timestamp was rejected; callers word the FilterError for their context."""
-
-
-def _parse_instant(value: str) -> tuple[datetime, bool]:
-    """Parse `value` to a UTC datetime plus "has a non-zero sub-second part".
-
-    The flag is computed from the digits, not from the microseconds kept in the datetime, so a
-    fraction below one microsecond still counts when deciding how it compares to whole seconds.
-    Beyond the contract's forms, the space form may carry a fraction and an offset too: that is
-    what `str(datetime)` produces when the SDK sends a datetime unquoted.
-    """
-    match = _TIMESTAMP_RE.fullmatch(value)
-    if match is None:
-        raise _BadTimestamp(
-            "accepted forms are YYYY-MM-DD HH:MM:SS, "
-            "YYYY-MM-DDTHH:MM:SS[.fff](Z|+hh:mm|-hh:mm) and YYYY-MM-DD"
-        )
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    digits = fraction or ""
-    try:
-        parsed = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            int(digits[:6].ljust(6, "0")),
-            tzinfo=_zone(zone),
-        ).astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise _BadTimestamp(str(exc)) from None
-    return parsed, digits.strip("0") != ""
-
-
-def _zone(zone: str | None) -> timezone:
-    """A missing zone means UTC: the API's canonical form carries none and is UTC by contract."""
-    if zone is None or zone == "Z":
-        return UTC
-    sign = -1 if zone[0] == "-" else 1
-    offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    if offset >= timedelta(hours=24) or int(zone[4:6]) >= 60:
-        raise ValueError(f"offset {zone} out of range")
-    return timezone(sign * offset)
-
-
-def parse_timestamp(value: str) -> datetime:
-    """Parse any accepted timestamp form to an aware UTC datetime.
-
-    Accepted: 'YYYY-MM-DD HH:MM:SS', 'YYYY-MM-DDTHH:MM:SS[.fff](Z|+hh:mm|-hh:mm)' and
-    'YYYY-MM-DD' (= 00:00:00); no zone means UTC. Fractions beyond microseconds are truncated.
-    """
-    try:
-        return _parse_instant(value)[0]
-    except _BadTimestamp as exc:
-        raise FilterError(f"invalid timestamp {value!r}: {exc}") from None
-
-
-def format_timestamp(dt: datetime) -> str:
-    """Canonical API form 'YYYY-MM-DD HH:MM:SS' in UTC; naive input is taken as UTC.
-
-    Built field by field rather than with strftime because glibc's `%Y` does not pad years
-    below 1000, and a fixed-width form is what makes string order equal chronological order.
-    """
-    utc = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
-    )
 
 
 # --------------------------------------------------------------------------- `filter`
@@ -267,24 +57,24 @@ def _always_false(_value: Any, _operand: Any) -> bool:
     return False
 
 
-def _bad_value(term: _Term, expected: str) -> FilterError:
+def _bad_value(term: Term, expected: str) -> FilterError:
     return FilterError(
         f'bad value {term.value!r} for "{term.attribute}" at position {term.value_position} '
         f"in filter: expected {expected}"
     )
 
 
-def _int_term(term: _Term) -> _FieldTerm:
+def _int_term(term: Term) -> _FieldTerm:
     if _INT_RE.fullmatch(term.value) is None:
         raise _bad_value(term, "an integer")
-    return (term.attribute, _COMPARISONS[term.op], int(term.value), term.op == "!=")
+    return (term.attribute, COMPARISONS[term.op], int(term.value), term.op == "!=")
 
 
-def _str_term(term: _Term) -> _FieldTerm:
-    return (term.attribute, _COMPARISONS[term.op], term.value, term.op == "!=")
+def _str_term(term: Term) -> _FieldTerm:
+    return (term.attribute, COMPARISONS[term.op], term.value, term.op == "!=")
 
 
-def _bool_term(term: _Term) -> _FieldTerm:
+def _bool_term(term: Term) -> _FieldTerm:
     if term.op not in ("==", "!="):
         raise FilterError(
             f'operator "{term.op}" is not allowed on boolean attribute "{term.attribute}" '
@@ -293,10 +83,10 @@ def _bool_term(term: _Term) -> _FieldTerm:
     lowered = term.value.lower()
     if lowered not in ("true", "false"):
         raise _bad_value(term, "true or false")
-    return (term.attribute, _COMPARISONS[term.op], lowered == "true", term.op == "!=")
+    return (term.attribute, COMPARISONS[term.op], lowered == "true", term.op == "!=")
 
 
-def _ts_term(term: _Term) -> _FieldTerm:
+def _ts_term(term: Term) -> _FieldTerm:
     """Compare canonical strings: their lexicographic order is chronological order.
 
     Rows have one-second resolution, so a row's second R and an operand X = S + f (0 < f < 1)
@@ -305,13 +95,13 @@ def _ts_term(term: _Term) -> _FieldTerm:
     stays a single string comparison.
     """
     try:
-        instant, has_fraction = _parse_instant(term.value)
-    except _BadTimestamp as exc:
+        instant, has_fraction = parse_instant(term.value)
+    except BadTimestamp as exc:
         raise _bad_value(term, f"a timestamp; {exc}") from None
     canonical = format_timestamp(instant)
     op = term.op
     if not has_fraction:
-        return (term.attribute, _COMPARISONS[op], canonical, op == "!=")
+        return (term.attribute, COMPARISONS[op], canonical, op == "!=")
     if op == "==":
         return (term.attribute, _always_false, canonical, False)
     if op == "!=":
@@ -320,16 +110,16 @@ def _ts_term(term: _Term) -> _FieldTerm:
     return (term.attribute, comparison, canonical, False)
 
 
-def _date_term(term: _Term) -> _FieldTerm:
+def _date_term(term: Term) -> _FieldTerm:
     """Calendar-date fields: any timestamp operand is reduced to its UTC date."""
     try:
-        instant, _ = _parse_instant(term.value)
-    except _BadTimestamp as exc:
+        instant, _ = parse_instant(term.value)
+    except BadTimestamp as exc:
         raise _bad_value(term, f"a date; {exc}") from None
-    return (term.attribute, _COMPARISONS[term.op], instant.date().isoformat(), term.op == "!=")
+    return (term.attribute, COMPARISONS[term.op], instant.date().isoformat(), term.op == "!=")
 
 
-_TERM_BUILDERS: Final[Mapping[str, Callable[[_Term], _FieldTerm]]] = {
+_TERM_BUILDERS: Final[Mapping[str, Callable[[Term], _FieldTerm]]] = {
     "int": _int_term,
     "str": _str_term,
     "bool": _bool_term,
@@ -338,11 +128,11 @@ _TERM_BUILDERS: Final[Mapping[str, Callable[[_Term], _FieldTerm]]] = {
 }
 
 
-def _compile_field_term(term: _Term, fields: Mapping[str, FieldKind]) -> _FieldTerm:
-    if term.op in _CONTAINS:
+def _compile_field_term(term: Term, fields: Mapping[str, FieldKind]) -> _FieldTerm:
+    if term.op in CONTAINS_OPS:
         raise FilterError(
             f'contains operator "{term.op}" at position {term.value_position - 2} is not '
-            f"allowed in filter (only in recordDataFilter); use one of {_FILTER_OPS_HINT}"
+            f"allowed in filter (only in recordDataFilter); use one of {FILTER_OPS_HINT}"
         )
     kind = fields.get(term.attribute)
     if kind is None:
@@ -487,7 +277,7 @@ def compile_filter(text: str, fields: Mapping[str, FieldKind]) -> Predicate:
     """
     if not text.strip():
         return _match_all
-    groups = _parse(text, "filter")
+    groups = parse_dnf(text, "filter")
     return _any_of([_field_group([_compile_field_term(t, fields) for t in g]) for g in groups])
 
 
@@ -526,7 +316,7 @@ def _comparison_test(op: str, operand: str) -> ValueTest:
     "12", 12 or 12.0 depending on its history; all three must compare alike. The operand is
     classified once here, so a non-numeric operand never pays for parsing row values.
     """
-    compare = _COMPARISONS[op]
+    compare = COMPARISONS[op]
     number = _to_number(operand)
     if number is None:
         return _string_test(compare, operand)
@@ -573,8 +363,8 @@ def _numeric_test(compare: Comparison, operand: str, number: float) -> ValueTest
     return test
 
 
-def _compile_data_term(term: _Term) -> _DataTerm:
-    if term.op in _CONTAINS:
+def _compile_data_term(term: Term) -> _DataTerm:
+    if term.op in CONTAINS_OPS:
         return (term.attribute, _contains_test(term.value), False)
     return (term.attribute, _comparison_test(term.op, term.value), term.op == "!=")
 
@@ -624,5 +414,5 @@ def compile_record_data_filter(text: str) -> Predicate:
     """
     if not text.strip():
         return _match_all
-    groups = _parse(text, "recordDataFilter")
+    groups = parse_dnf(text, "recordDataFilter")
     return _any_of([_data_group([_compile_data_term(t) for t in g]) for g in groups])

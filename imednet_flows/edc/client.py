@@ -1,0 +1,125 @@
+"""One connection to one iMednet API: the SDK, our retry policy, a concurrency bound
+and a request counter that run summaries report."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import orjson
+from imednet import ImednetSDK
+
+from imednet_flows.edc.errors import explain
+from imednet_flows.edc.retry import PARSED, RetrySettings, TransientRetryPolicy
+
+API_ROOT = "/api/v1/edc/studies"
+MAX_PAGE_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where to connect and with which keys. `repr` never shows the keys."""
+
+    base_url: str | None
+    api_key: str = field(repr=False)
+    security_key: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.api_key or not self.security_key:
+            missing = [
+                n
+                for n, v in (("API key", self.api_key), ("security key", self.security_key))
+                if not v
+            ]
+            raise ValueError(f"iMednet {' and '.join(missing)} missing")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ImednetClient:
+    """Shared by every task of a flow run: its semaphore is the run's concurrency bound."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        retry: RetrySettings | None = None,
+        max_concurrency: int = 4,
+        timeout: float = 30.0,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.retry = retry or RetrySettings()
+        self.base_url = credentials.base_url
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.retries = 0
+        self.sdk = ImednetSDK(
+            api_key=credentials.api_key,
+            security_key=credentials.security_key,
+            base_url=credentials.base_url,
+            timeout=timeout,
+            retries=self.retry.max_attempts,
+            backoff_factor=0.0,
+            retry_policy=TransientRetryPolicy(self.retry, on_retry=self._count_retry),
+        )
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._http = self.sdk._client  # the SDK's own client: auth headers, pool, retries
+        inner: httpx.Client = self._http._client
+        inner.event_hooks["request"].append(self._count_request)
+
+    def _count_request(self, _request: httpx.Request) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def _count_retry(self, _attempt: int, _reason: str, _delay: float) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def close(self) -> None:
+        self.sdk.close()
+
+    def __enter__(self) -> ImednetClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._slots:
+            yield
+
+    def get(self, path: str, params: dict[str, Any] | None = None, what: str = "") -> Any:
+        """GET and parse JSON, through the retry policy; errors say what to do."""
+        try:
+            with self.slot():
+                response = self._http.get(path, params=params)
+            payload = response.extensions.get(PARSED)
+            return payload if payload is not None else orjson.loads(response.content)
+        except Exception as exc:  # orjson's decode error is a json.JSONDecodeError
+            raise explain(exc, what or f"GET {path}") from exc
+
+    def post(self, path: str, body: Any, what: str = "") -> Any:
+        """POST once (a 429 may be resent: nothing was created); other failures raise."""
+        with self.slot():
+            response = self._http.post(path, json=body)
+        return response.json()
+
+
+def study_path(study_key: str, *rest: str) -> str:
+    """The SDK's path form: each segment quoted with safe="" (a key may hold '/')."""
+    return "/".join([API_ROOT, quote(study_key, safe=""), *(quote(r, safe="") for r in rest)])

@@ -1,0 +1,105 @@
+"""One Prefect task per API call: listings, record creation and job status.
+
+Retries live in the client (per HTTP request, transient faults only), so these
+tasks have none of their own: a task retry would re-download a whole listing
+and multiply attempts. Results are never cached: EDC data changes under us.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from imednet_flows.edc.client import ImednetClient, study_path
+from imednet_flows.edc.paging import iter_items, list_studies
+from imednet_flows.filter_syntax import Dnf
+
+Row = dict[str, Any]
+
+_api_task = task(cache_policy=NO_CACHE, retries=0, log_prints=False)
+
+
+def _list(
+    client: ImednetClient,
+    study_key: str,
+    route: str,
+    filter_text: str | None = None,
+    record_data_filter: str | None = None,
+    groups: Dnf | None = None,
+) -> list[Row]:
+    return list(
+        iter_items(
+            client,
+            study_key,
+            route,
+            filter_text=filter_text,
+            record_data_filter=record_data_filter,
+            groups=groups,
+        )
+    )
+
+
+@_api_task(name="list-studies")
+def list_studies_task(client: ImednetClient) -> list[Row]:
+    return list_studies(client)
+
+
+@_api_task(name="list-sites", task_run_name="list-sites[{study_key}]")
+def list_sites(client: ImednetClient, study_key: str) -> list[Row]:
+    return _list(client, study_key, "sites")
+
+
+@_api_task(name="list-forms", task_run_name="list-forms[{study_key}]")
+def list_forms(client: ImednetClient, study_key: str) -> list[Row]:
+    return _list(client, study_key, "forms")
+
+
+@_api_task(name="list-intervals", task_run_name="list-intervals[{study_key}]")
+def list_intervals(client: ImednetClient, study_key: str) -> list[Row]:
+    return _list(client, study_key, "intervals")
+
+
+@_api_task(name="list-variables", task_run_name="list-variables[{study_key}]")
+def list_variables(client: ImednetClient, study_key: str) -> list[Row]:
+    return _list(client, study_key, "variables")
+
+
+@_api_task(name="list-subjects", task_run_name="list-subjects[{study_key}]")
+def list_subjects(
+    client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
+) -> list[Row]:
+    return _list(client, study_key, "subjects", filter_text, groups=groups)
+
+
+@_api_task(name="list-visits", task_run_name="list-visits[{study_key}]")
+def list_visits(
+    client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
+) -> list[Row]:
+    return _list(client, study_key, "visits", filter_text, groups=groups)
+
+
+@_api_task(name="list-records", task_run_name="list-records[{study_key}]")
+def list_records(
+    client: ImednetClient,
+    study_key: str,
+    filter_text: str | None = None,
+    record_data_filter: str | None = None,
+    groups: Dnf | None = None,
+) -> list[Row]:
+    return _list(client, study_key, "records", filter_text, record_data_filter, groups)
+
+
+@_api_task(name="list-queries", task_run_name="list-queries[{study_key}]")
+def list_queries(
+    client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
+) -> list[Row]:
+    return _list(client, study_key, "queries", filter_text, groups=groups)
+
+
+@_api_task(name="get-job", task_run_name="get-job[{study_key}:{batch_id}]")
+def get_job(client: ImednetClient, study_key: str, batch_id: str) -> Row:
+    return client.get(
+        study_path(study_key, "jobs", batch_id), what=f"reading job {batch_id} of study {study_key}"
+    )
