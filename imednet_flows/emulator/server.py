@@ -23,7 +23,9 @@ LOOPBACK = "127.0.0.1"
 def _bind(host: str, port: int) -> socket.socket:
     """Bind before serving so port 0 resolves to a known free port up front."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only disables Nagle on sockets whose protocol says
+    # TCP, and without that every small keep-alive response waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
