@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.common import FILTER_HELP, Concurrency, StudyKey, artifact_key
+from flows.common import FILTER_HELP, Concurrency, StudyKey, artifact_key, documented
 from imednet_flows.edc.criteria import restricted
 from imednet_flows.edc.paging import study_scope
 from imednet_flows.filter_syntax import dnf
@@ -32,6 +32,7 @@ from tasks.client import imednet_client
     task_runner=ThreadPoolTaskRunner(max_workers=8),
     log_prints=False,
 )
+@documented
 def extract_records_by_criteria(
     study_key: StudyKey,
     record_filter: Annotated[

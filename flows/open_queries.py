@@ -13,7 +13,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.common import FILTER_HELP, Concurrency, StudyKey, artifact_key
+from flows.common import FILTER_HELP, Concurrency, StudyKey, artifact_key, documented
 from imednet_flows.filter_syntax import dnf
 from tasks.api import list_queries
 from tasks.client import imednet_client
@@ -80,6 +80,7 @@ def _age_days(stamp: str, now: datetime) -> int | str:
 
 
 @flow(name="get-open-queries", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@documented
 def get_open_queries(
     study_key: StudyKey,
     filters: Annotated[

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.common import Concurrency, StudyKey
+from flows.common import Concurrency, StudyKey, documented
 from imednet_flows.edc.errors import ImednetFlowsError
 from imednet_flows.filter_syntax import quote_value
 from tasks.api import list_queries, list_records, list_subjects, list_visits
@@ -41,6 +41,7 @@ class SubjectNotFound(ImednetFlowsError):
 
 
 @flow(name="get-all-subject-data", task_runner=ThreadPoolTaskRunner(max_workers=4))
+@documented
 def get_all_subject_data(
     study_key: StudyKey,
     subject_key: Annotated[

@@ -113,10 +113,10 @@ class ImednetClient:
         except Exception as exc:  # orjson's decode error is a json.JSONDecodeError
             raise explain(exc, what or f"GET {path}") from exc
 
-    def post(self, path: str, body: Any, what: str = "") -> Any:
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
         """POST once (a 429 may be resent: nothing was created); other failures raise."""
         with self.slot():
-            response = self._http.post(path, json=body)
+            response = self._http.post(path, json=body, headers=headers)
         return response.json()
 
 

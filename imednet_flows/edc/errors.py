@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 from imednet.errors import (
     ApiError,
     BadRequestError,
@@ -48,7 +49,7 @@ def explain(exc: BaseException, what: str) -> ImednetFlowsError:
             f"the API kept failing (HTTP {getattr(exc, 'status_code', '5xx')}) after every "
             "retry; it may be down, try again later"
         )
-    elif isinstance(exc, RequestError):
+    elif isinstance(exc, RequestError | httpx.TransportError):
         hint = (
             "the API could not be reached or dropped the connection after every retry; "
             "check IMEDNET_BASE_URL and the network"

@@ -1,0 +1,210 @@
+"""Background Sync, as a scheduled flow instead of a thread loop.
+
+incremental_sync --> acquire FileLock --> per study, concurrently:
+    delta since watermark --> reconcile hard deletes --> merge (one transaction)
+--> Parquet snapshots of changed studies --> release FileLock
+--> artifact + `imednet.sync.changed` event per changed study
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+from filelock import FileLock, Timeout
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.events import emit_event
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from flows.common import Concurrency, artifact_key, documented
+from imednet_flows.cache.snapshots import latest_snapshot
+from tasks.cache import snapshot_study, sync_study
+from tasks.client import imednet_client
+
+CHANGED_EVENT = "imednet.sync.changed"
+
+
+class SyncRunResult(BaseModel):
+    skipped: bool = False
+    reason: str = ""
+    studies: dict[str, dict] = Field(default_factory=dict)
+    snapshots: dict[str, dict] = Field(default_factory=dict)
+    requests: int = 0
+    seconds: float = 0.0
+
+
+def lock_path(cache_path: Path) -> Path:
+    return cache_path.with_name(cache_path.name + ".lock")
+
+
+@flow(name="incremental-sync", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@documented
+def incremental_sync(
+    study_keys: Annotated[
+        list[str],
+        Field(
+            min_length=1,
+            description=('Study keys to sync, e.g. ["PHX-101"]; each is synced concurrently.'),
+            examples=[["PHX-101"]],
+        ),
+    ],
+    cache_path: Annotated[
+        str,
+        Field(
+            description=(
+                "SQLite cache file (created if missing). Readers never block; writers take "
+                "<cache_path>.lock."
+            )
+        ),
+    ] = "imednet-cache/imednet.sqlite",
+    snapshot_dir: Annotated[
+        str,
+        Field(
+            description=(
+                "Where Parquet snapshots go: {snapshot_dir}/{study}/latest/ holds the newest set."
+            )
+        ),
+    ] = "imednet-cache/snapshots",
+    full_refresh: Annotated[
+        bool,
+        Field(
+            description=(
+                "Re-download everything and drop what the API no longer lists. Needed to accept a "
+                "study that shrank by more than half."
+            )
+        ),
+    ] = False,
+    lock_timeout: Annotated[
+        float, Field(ge=0, description=("Seconds to wait for another sync holding the cache lock."))
+    ] = 600.0,
+    on_lock_timeout: Annotated[
+        Literal["skip", "fail"],
+        Field(description=("After lock_timeout: skip this run (logged) or fail it.")),
+    ] = "skip",
+    overlap_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=86400,
+            description=(
+                "Re-read changes this many seconds before the watermark, for server-side commit "
+                "delays."
+            ),
+        ),
+    ] = 30.0,
+    snapshot_retention: Annotated[
+        int, Field(ge=1, le=100, description=("Complete snapshot sets kept per study."))
+    ] = 5,
+    max_concurrency: Concurrency = 4,
+) -> SyncRunResult:
+    """Bring the cache up to date with the API and publish Parquet snapshots."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    cache = Path(cache_path)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path(cache), timeout=lock_timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        message = (
+            f"another sync holds {lock.lock_file} (waited {lock_timeout:.0f}s); "
+            "this run changed nothing"
+        )
+        if on_lock_timeout == "fail":
+            raise RuntimeError(message + ". Raise lock_timeout or check for a stuck run.") from None
+        logger.warning("skipping: %s", message)
+        return SyncRunResult(skipped=True, reason=message)
+    try:
+        result = _run(
+            study_keys,
+            cache,
+            Path(snapshot_dir),
+            full_refresh,
+            overlap_seconds,
+            snapshot_retention,
+            max_concurrency,
+        )
+    finally:
+        lock.release()
+    result.seconds = round(time.perf_counter() - started, 3)
+    _publish(result)
+    return result
+
+
+def _run(
+    study_keys: list[str],
+    cache: Path,
+    snapshot_dir: Path,
+    full_refresh: bool,
+    overlap: float,
+    retention: int,
+    max_concurrency: int,
+) -> SyncRunResult:
+    staging = cache.parent / ".staging"
+    result = SyncRunResult()
+    with imednet_client(max_concurrency) as client:
+        futures = {
+            key: sync_study.submit(client, str(cache), key, str(staging), full_refresh, overlap)
+            for key in dict.fromkeys(study_keys)
+        }
+        failures = {}
+        for key, future in futures.items():
+            try:
+                result.studies[key] = future.result()
+            except Exception as exc:  # other studies still get merged and snapshotted
+                failures[key] = exc
+        result.requests = client.requests
+    snapshots = {
+        key: snapshot_study.submit(str(cache), key, str(snapshot_dir), retention)
+        for key, study in result.studies.items()
+        if study["changed"] or latest_snapshot(snapshot_dir, key) is None
+    }
+    result.snapshots = {key: f.result() for key, f in snapshots.items()}
+    if failures:
+        summary = "; ".join(f"{k}: {e}" for k, e in failures.items())
+        raise RuntimeError(
+            f"sync failed for {len(failures)} of {len(futures)} studies "
+            f"({summary}). Studies that succeeded were saved."
+        ) from next(iter(failures.values()))
+    return result
+
+
+def _publish(result: SyncRunResult) -> None:
+    rows = []
+    for key, study in result.studies.items():
+        for name, e in study["entities"].items():
+            rows.append(
+                {
+                    "study": key,
+                    "entity": name,
+                    "inserted": e["inserted"],
+                    "updated": e["updated"],
+                    "soft-deleted": e["soft_deleted"],
+                    "hard-deleted": e["hard_deleted"],
+                    "unchanged": e["unchanged"],
+                    "requests": e["requests"],
+                    "watermark before": e["watermark_before"] or "",
+                    "watermark after": e["watermark_after"] or "",
+                }
+            )
+        if study["changed"]:
+            emit_event(
+                CHANGED_EVENT,
+                resource={"prefect.resource.id": f"imednet.study.{key}", "imednet.study-key": key},
+                payload={
+                    name: {k: e[k] for k in ("inserted", "updated", "soft_deleted", "hard_deleted")}
+                    for name, e in study["entities"].items()
+                },
+            )
+    create_table_artifact(
+        key=artifact_key("incremental-sync"),
+        table=rows,
+        description=(
+            f"Sync of {len(result.studies)} study(ies): {result.requests} API "
+            f"requests in {result.seconds:.1f}s; snapshots: "
+            f"{', '.join(result.snapshots) or 'none (nothing changed)'}."
+        ),
+    )

@@ -1,0 +1,338 @@
+"""Record Update: check every row, POST in batches, follow each job to its end.
+
+create_or_update_records --> forms, variables, sites, intervals, subjects (concurrently)
+                         --> validate_batch (any problem: stop, nothing sent)
+                         --> records.create per batch (post_batch: no blind resend)
+                         --> wait? --> poll each job --> result + table artifact
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from flows.common import Concurrency, StudyKey, artifact_key, documented
+from imednet_flows.edc.batches import (
+    SUCCESS_STATE,
+    JobTimeout,
+    PostOutcome,
+    RecordItem,
+    detect_mode,
+    job_state,
+    validate_batch,
+)
+from imednet_flows.edc.client import ImednetClient
+from imednet_flows.edc.criteria import restricted
+from imednet_flows.edc.errors import ImednetFlowsError
+from tasks.api import list_forms, list_intervals, list_sites, list_subjects, list_variables
+from tasks.client import imednet_client
+from tasks.records import create_records, wait_for_job
+
+#: Rows found applied by reading back after a lost answer: no job to follow, nothing missing.
+CONFIRMED = "CONFIRMED"
+TIMEOUT = "TIMEOUT"
+
+ROWS_HELP = (
+    "Rows to write, each one item of POST /records in the API's spelling: formKey or formId; "
+    "data as {variableName: value} with typed values (INTEGER/NUMBER as numbers or numeric "
+    "text, DATE as YYYY-MM-DD, CHECKBOX as true/false, RADIO/TEXT/MEMO as text; null or '' "
+    "clears). Where it goes: recordId/recordOid updates that record; subjectKey (or "
+    "subjectId/subjectOid) plus intervalName/intervalId updates the scheduled record; a "
+    "subject without interval adds a new record; siteName/siteId without a known subject "
+    "registers one (with the given subjectKey, if any). Problems are reported by 1-based "
+    "row number, all at once, and then nothing is sent."
+)
+
+
+class BatchResult(BaseModel):
+    batch: int
+    first_row: int
+    last_row: int
+    rows: int
+    #: The job that carries the batch's rows; None if they were all found applied by reading
+    #: back after the API's answer was lost.
+    batch_id: str | None
+    #: COMPLETED, FAILED, CANCELLED or TIMEOUT when waited for; the job's own state
+    #: (CREATED, ...) when not; CONFIRMED when no job is left to follow.
+    state: str
+    confirmed_rows: list[int] = Field(default_factory=list)
+    resent_rows: list[int] = Field(default_factory=list)
+    note: str = ""
+
+
+class UpsertResult(BaseModel):
+    study_key: str
+    rows: int = 0
+    batches: list[BatchResult] = Field(default_factory=list)
+    rows_by_mode: dict[str, int] = Field(default_factory=dict)
+    batches_by_state: dict[str, int] = Field(default_factory=dict)
+    requests: int = 0
+
+
+@flow(
+    name="create-or-update-records",
+    task_runner=ThreadPoolTaskRunner(max_workers=8),
+    log_prints=False,
+)
+@documented
+def create_or_update_records(
+    study_key: StudyKey,
+    records: Annotated[
+        list[dict[str, Any]],
+        Field(
+            description=ROWS_HELP,
+            examples=[
+                [
+                    {"formKey": "AE", "recordId": 1001, "data": {"aeterm": "Headache"}},
+                    {
+                        "formKey": "VS",
+                        "subjectKey": "01-001",
+                        "intervalName": "Week 2",
+                        "data": {"vssysbp": 120, "vstemp": 36.6},
+                    },
+                ]
+            ],
+        ),
+    ],
+    wait: Annotated[
+        bool,
+        Field(description="Wait for each job to finish; a FAILED or CANCELLED job fails the run."),
+    ] = True,
+    timeout: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Seconds to wait for each job (and, after a lost POST answer, for "
+            "the jobs that may carry it) before the run fails.",
+        ),
+    ] = 300,
+    poll_interval: Annotated[
+        float, Field(gt=0, description="Seconds between job status checks.")
+    ] = 5,
+    batch_size: Annotated[
+        int, Field(ge=1, description="Rows per POST; each POST is one job in iMednet.")
+    ] = 500,
+    email_notify: Annotated[
+        str | None,
+        Field(
+            description="Email address iMednet notifies when a job finishes (the "
+            "x-email-notify header). Empty: no email."
+        ),
+    ] = None,
+    max_concurrency: Concurrency = 4,
+) -> UpsertResult:
+    """Write rows to a study: all checked first, then POSTed in batches, each row once."""
+    logger = get_run_logger()
+    if not records:
+        logger.info("no rows given: nothing sent to %s", study_key)
+        return UpsertResult(study_key=study_key)
+    with imednet_client(max_concurrency) as client:
+        items, modes = _validated(client, study_key, records)
+        logger.info(
+            "%d row(s) valid: %s",
+            len(items),
+            ", ".join(f"{n} {mode}" for mode, n in modes.items()),
+        )
+        outcomes = _post_all(
+            client, study_key, items, batch_size, email_notify, timeout, poll_interval
+        )
+        results = _follow(client, study_key, outcomes, wait, timeout, poll_interval)
+        requests = client.requests
+    result = UpsertResult(
+        study_key=study_key,
+        rows=len(items),
+        batches=results,
+        rows_by_mode=modes,
+        batches_by_state=dict(Counter(b.state for b in results)),
+        requests=requests,
+    )
+    _artifact(result, wait)
+    _fail_unless_done(result, wait)
+    logger.info(
+        "%s: %d row(s) in %d batch(es) %s",
+        study_key,
+        len(items),
+        len(results),
+        ", ".join(f"{n} {s}" for s, n in result.batches_by_state.items()),
+    )
+    return result
+
+
+def _validated(
+    client: ImednetClient, study_key: str, records: list[dict[str, Any]]
+) -> tuple[list[RecordItem], dict[str, int]]:
+    """Every row checked against the study before anything is sent; all problems at once."""
+    forms = list_forms.submit(client, study_key)
+    variables = list_variables.submit(client, study_key)
+    sites = list_sites.submit(client, study_key)
+    intervals = list_intervals.submit(client, study_key)
+    subject_futures = [
+        list_subjects.submit(client, study_key, groups=groups)
+        for attribute, values in _mentioned_subjects(records).items()
+        for groups in restricted([[]], attribute, values)
+    ]
+    subjects = [s for f in subject_futures for s in f.result()]
+    items, errors = validate_batch(
+        records, forms.result(), variables.result(), sites.result(), subjects, intervals.result()
+    )
+    if errors:
+        rows = len({e.split(":", 1)[0] for e in errors})
+        raise ImednetFlowsError(
+            f"{len(errors)} problem(s) in {rows} of {len(records)} row(s); nothing was sent to "
+            f"study {study_key}. Fix every row listed and run again:\n" + "\n".join(errors)
+        )
+    keys = {str(s.get("subjectKey")) for s in subjects}
+    modes = Counter(str(detect_mode(item, keys)) for item in items)
+    return items, dict(modes)
+
+
+def _mentioned_subjects(records: list[Any]) -> dict[str, list[Any]]:
+    """The subject references the rows make, so only those subjects are fetched."""
+    mentioned: dict[str, list[Any]] = {"subjectKey": [], "subjectId": [], "subjectOid": []}
+    for row in records:
+        if not isinstance(row, dict):
+            continue
+        for attribute, values in mentioned.items():
+            value = row.get(attribute)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                values.append(value if attribute == "subjectId" else str(value))
+    return {a: v for a, v in mentioned.items() if v}
+
+
+def _post_all(
+    client: ImednetClient,
+    study_key: str,
+    items: list[RecordItem],
+    batch_size: int,
+    email_notify: str | None,
+    timeout: float,
+    poll_interval: float,
+) -> list[PostOutcome]:
+    """Batches go one after another, in row order: a later row for the same record must
+    reach the API after an earlier one."""
+    outcomes: list[PostOutcome] = []
+    for number, start in enumerate(range(0, len(items), batch_size), start=1):
+        chunk = items[start : start + batch_size]
+        try:
+            outcome = create_records(
+                client,
+                study_key,
+                chunk,
+                number,
+                first_row=start + 1,
+                email_notify=email_notify or None,
+                settle_timeout=timeout,
+                poll_interval=poll_interval,
+            )
+        except ImednetFlowsError as exc:
+            raise ImednetFlowsError(
+                f"batch {number} (rows {start + 1}-{start + len(chunk)}): {exc} "
+                f"{_posted_so_far(outcomes, start + len(chunk), len(items))}"
+            ) from exc
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _posted_so_far(outcomes: list[PostOutcome], next_row: int, total: int) -> str:
+    done = [
+        f"batch {n} (rows {o.first_row}-{o.last_row}) as job {o.batch_id or CONFIRMED}"
+        for n, o in enumerate(outcomes, start=1)
+    ]
+    accepted = f"Accepted before it: {'; '.join(done)}." if done else "No earlier batch."
+    rest = f" Rows {next_row + 1}-{total} were not sent." if next_row < total else ""
+    return accepted + rest
+
+
+def _follow(
+    client: ImednetClient,
+    study_key: str,
+    outcomes: list[PostOutcome],
+    wait: bool,
+    timeout: float,
+    poll_interval: float,
+) -> list[BatchResult]:
+    """Final state of every batch's job; jobs are polled concurrently."""
+    futures: dict[int, PrefectFuture[dict[str, Any]]] = {}
+    if wait:
+        for number, outcome in enumerate(outcomes, start=1):
+            if outcome.batch_id:
+                futures[number] = wait_for_job.submit(
+                    client, study_key, outcome.batch_id, timeout, poll_interval
+                )
+    results = []
+    for number, outcome in enumerate(outcomes, start=1):
+        state, note = _final_state(outcome, futures.get(number))
+        results.append(
+            BatchResult(
+                batch=number,
+                first_row=outcome.first_row,
+                last_row=outcome.last_row,
+                rows=outcome.rows,
+                batch_id=outcome.batch_id,
+                state=state,
+                confirmed_rows=outcome.confirmed_rows,
+                resent_rows=outcome.resent_rows,
+                note=note,
+            )
+        )
+    return results
+
+
+def _final_state(
+    outcome: PostOutcome, future: PrefectFuture[dict[str, Any]] | None
+) -> tuple[str, str]:
+    if outcome.job is None:
+        return CONFIRMED, "rows found applied by reading back; no job to follow"
+    if future is None:
+        return job_state(outcome.job) or "CREATED", ""
+    try:
+        return job_state(future.result()), ""
+    except JobTimeout as exc:
+        return TIMEOUT, str(exc)
+
+
+def _fail_unless_done(result: UpsertResult, wait: bool) -> None:
+    if not wait:
+        return
+    bad = [b for b in result.batches if b.state not in (SUCCESS_STATE, CONFIRMED)]
+    if not bad:
+        return
+    lines = [
+        f"batch {b.batch} (rows {b.first_row}-{b.last_row}): job {b.batch_id} {b.state}"
+        + (f" ({b.note})" if b.note else "")
+        for b in bad
+    ]
+    raise ImednetFlowsError(
+        f"{len(bad)} of {len(result.batches)} batch(es) in study {result.study_key} did not "
+        "complete. Check each job in iMednet and its rows against the study before re-running "
+        "them; a job that timed out may still finish.\n" + "\n".join(lines)
+    )
+
+
+def _artifact(result: UpsertResult, wait: bool) -> None:
+    table = [
+        {
+            "batch": b.batch,
+            "rows": f"{b.first_row}-{b.last_row}",
+            "batchId": b.batch_id or "",
+            "state": b.state,
+            "found applied (not resent)": len(b.confirmed_rows),
+            "resent": len(b.resent_rows),
+        }
+        for b in result.batches
+    ]
+    waited = "final job states" if wait else "job states when posted (not waited for)"
+    create_table_artifact(
+        key=artifact_key("upsert-records", result.study_key),
+        table=table,
+        description=(
+            f"{result.rows} row(s) to {result.study_key} in {len(result.batches)} batch(es), "
+            f"{waited}; {result.requests} API request(s)."
+        ),
+    )
