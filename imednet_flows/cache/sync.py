@@ -145,9 +145,9 @@ class StudySync:
 
     def fetch_entity(self, spec: EntitySpec) -> None:
         result = self.result.entities.setdefault(spec.name, EntityResult(spec.name))
-        before = (
-            None if self.full_refresh else store.get_watermark(self.main, self.study_key, spec.name)
-        )
+        before = None
+        if not self.full_refresh and self.main is not None:
+            before = store.get_watermark(self.main, self.study_key, spec.name)
         result.watermark_before = before
         since = _minus(before, self.overlap) if before else None
         server_now = self._page_into_stage(spec, since, result)
@@ -241,7 +241,7 @@ class StudySync:
     def reconcile(self, spec: EntitySpec, result: EntityResult) -> None:
         if self.full_refresh:
             staged = set(store.cached_ids(self.stage, spec, self.study_key))
-            gone = [i for i in store.cached_ids(self.main, spec, self.study_key) if i not in staged]
+            gone = [i for i in self._cached_ids(spec) if i not in staged]
             self._stage_deletions(spec, gone)
             return
         expected = self._expected_ids(spec)

@@ -1,0 +1,579 @@
+"""End-to-end cost of `extract_records_by_criteria` on a whole study (default 50,000 records).
+
+Why this exists: the extraction flow adds Prefect orchestration, our retry policy, a typed
+Arrow table and a pandas frame on top of plain HTTP paging. This script says, in one run,
+how much that costs and whether it is worth it compared with what a user would otherwise
+write:
+
+* A: the flow itself, no filters (the whole study), run twice under a real temporary
+  Prefect API; the second (warm) run is the headline, the first is reported too;
+* B: an empty flow run measured in the same process: Prefect's fixed cost per run;
+* C: raw httpx paging at size 500 with `response.json()` and nothing built: the floor;
+* D: a plain SDK 0.5.0 loop, `ImednetSDK(...).records.list(study)` (pages of 100, pydantic
+  models): what the flow has to beat.
+
+Targets: A / (C + B) <= 1.3 (the flow adds at most 30 % over the floor plus the fixed run
+cost) and A / D < 1 (faster than the plain SDK loop). When a target is missed, or with
+`--profile`, the flow's work is replayed phase by phase in this thread (paging through the
+same client and pager as the flow's task, sort, `records_table`, `to_pandas`) with cProfile on
+the paging and on `records_table`, so the report says where the time goes.
+
+The emulator runs in its own process (`imednet-flows emulator --records N ...`), so its CPU
+and memory are not ours; the Prefect API is `prefect_test_harness()` with PREFECT_HOME in a
+temporary directory, so nothing of the user's Prefect profile or database is touched.
+
+Run: `.venv/bin/python benchmarks/extract_throughput.py [--records N] [--profile] [--json]`.
+It is a benchmark, not a test: it prints numbers and target verdicts and exits 0 unless
+something broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+from _emulator_process import AUTH_HEADERS, EmulatorProcess, log, sigterm_as_interrupt
+
+from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorClient, StudySpec
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PAGE_SIZE = 500
+RATIO_FLOOR_TARGET = 1.3  # A / (C + B)
+RATIO_SDK_TARGET = 1.0  # A / D, strictly below
+PROFILE_TOP = 14
+
+
+def _ensure_project_importable() -> None:
+    """`flows` and `tasks` are top-level packages of the project; make them importable even
+    when the project is not installed in the venv (the script runs from benchmarks/)."""
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(1, str(PROJECT_ROOT))
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def server_seconds(admin: EmulatorClient, path_suffix: str = "/records") -> list[float]:
+    """Handler time per request from the emulator's own log: splits wall time into
+    "emulator" and "client + transport"."""
+    entries = admin.requests()
+    return [e["finished"] - e["started"] for e in entries if e["path"].endswith(path_suffix)]
+
+
+def rate(records: int, seconds: float) -> dict[str, float]:
+    return {"seconds": seconds, "records": records, "records_per_s": records / seconds}
+
+
+@contextmanager
+def prefect_environment(home: Path) -> Iterator[None]:
+    """Point Prefect at a throw-away home, analytics off, before Prefect is first imported;
+    restore the caller's environment afterwards."""
+    updates = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    previous = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def imednet_environment(base_url: str) -> Iterator[None]:
+    """The flows' client factory reads these, exactly as an operator would set them."""
+    updates = {
+        "IMEDNET_BASE_URL": base_url,
+        "IMEDNET_API_KEY": DEMO_API_KEY,
+        "IMEDNET_SECURITY_KEY": DEMO_SECURITY_KEY,
+    }
+    previous = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def records_path(study: str) -> str:
+    return f"/api/v1/edc/studies/{quote(study, safe='')}/records"
+
+
+def warm_emulator(base_url: str, study: str) -> None:
+    """One unreported request fills the emulator's query cache, so every measured phase,
+    including the first flow run, sees the same (warm) server."""
+    with httpx.Client(base_url=base_url, headers=AUTH_HEADERS, timeout=120.0) as client:
+        params = {"filter": f"studyKey=={study}", "page": 0, "size": PAGE_SIZE}
+        client.get(records_path(study), params=params).raise_for_status()
+
+
+# ------------------------------------------------------------------------------ A and B
+
+
+def measure_flows(
+    study: str, expected: int, admin: EmulatorClient, empty_runs: int
+) -> dict[str, Any]:
+    """Harness start-up, B (empty flow runs) and A (the extraction flow, twice)."""
+    from prefect import flow
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.extract_records import extract_records_by_criteria
+
+    @flow(name="bench-empty-flow", log_prints=False)
+    def empty_flow() -> None:
+        """Returns at once: its run time is Prefect's fixed cost per flow run."""
+        return None
+
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    with prefect_test_harness(server_startup_timeout=120):
+        out["harness_startup_s"] = time.perf_counter() - started
+        log(f"Prefect API up in {out['harness_startup_s']:.2f}s; empty flow x{empty_runs} ...")
+        empty: list[float] = []
+        for _ in range(empty_runs):
+            t0 = time.perf_counter()
+            empty_flow()
+            empty.append(time.perf_counter() - t0)
+        out["empty_flow"] = {
+            "first_s": empty[0],
+            "warm_runs": len(empty) - 1,
+            "warm_median_s": statistics.median(empty[1:]) if len(empty) > 1 else empty[0],
+            "all_s": empty,
+        }
+        for label in ("first", "second"):
+            log(f"extract_records_by_criteria({study!r}), {label} run ...")
+            admin.reset_requests()
+            gc.collect()
+            t0 = time.perf_counter()
+            frame = extract_records_by_criteria(study)
+            elapsed = time.perf_counter() - t0
+            rows, columns = frame.shape
+            del frame
+            if rows != expected:
+                raise RuntimeError(f"the flow returned {rows} rows, the study has {expected}")
+            server = server_seconds(admin)
+            out[f"flow_{label}"] = {
+                **rate(rows, elapsed),
+                "columns": columns,
+                "record_requests": len(server),
+                "server_s": sum(server),
+            }
+        teardown = time.perf_counter()
+    out["harness_teardown_s"] = time.perf_counter() - teardown
+    return out
+
+
+# ------------------------------------------------------------------------------ C and D
+
+
+def raw_paging(base_url: str, study: str, admin: EmulatorClient) -> dict[str, Any]:
+    """C: every record at size 500 over one keep-alive connection, `response.json()`
+    (stdlib json, as the SDK parses) and nothing built from it: the floor."""
+    admin.reset_requests()
+    gc.collect()
+    with httpx.Client(base_url=base_url, headers=AUTH_HEADERS, timeout=120.0) as client:
+        started = time.perf_counter()
+        page, pages, count, total = 0, 0, 0, -1
+        while True:
+            response = client.get(
+                records_path(study),
+                params={"filter": f"studyKey=={study}", "page": page, "size": PAGE_SIZE},
+            )
+            response.raise_for_status()
+            payload = response.json()
+            count += len(payload["data"])
+            pages += 1
+            pagination = payload["pagination"]
+            total = pagination["totalElements"]
+            page += 1
+            if page >= pagination["totalPages"]:
+                break
+        elapsed = time.perf_counter() - started
+    if count != total:
+        raise RuntimeError(f"raw paging saw {count} records, the API says {total}")
+    server = server_seconds(admin)
+    return {**rate(count, elapsed), "pages": pages, "server_s": sum(server)}
+
+
+def sdk_loop(base_url: str, study: str, expected: int, admin: EmulatorClient) -> dict[str, Any]:
+    """D: `ImednetSDK(...).records.list(study)` as a user would write it (size 100, models)."""
+    from imednet import ImednetSDK
+
+    admin.reset_requests()
+    gc.collect()
+    with ImednetSDK(api_key=DEMO_API_KEY, security_key=DEMO_SECURITY_KEY, base_url=base_url) as sdk:
+        started = time.perf_counter()
+        rows = sdk.records.list(study)
+        elapsed = time.perf_counter() - started
+    count = len(rows)
+    del rows
+    if count != expected:
+        raise RuntimeError(f"SDK records.list() returned {count} records, expected {expected}")
+    server = server_seconds(admin)
+    return {**rate(count, elapsed), "pages": len(server), "server_s": sum(server)}
+
+
+# ------------------------------------------------------------------------------- profile
+
+
+def _profile_top(profile: cProfile.Profile, top: int) -> list[dict[str, Any]]:
+    """The functions with the most own time, with their cumulative time, as plain rows."""
+    stats = pstats.Stats(profile, stream=io.StringIO())
+    rows = []
+    for (filename, line, name), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        rows.append(
+            {
+                "function": f"{_short(filename)}:{line}({name})",
+                "calls": calls,
+                "tottime_s": tottime,
+                "cumtime_s": cumtime,
+            }
+        )
+    rows.sort(key=lambda r: r["tottime_s"], reverse=True)
+    return rows[:top]
+
+
+def _short(filename: str) -> str:
+    """Paths relative to site-packages or the project, so the table stays readable."""
+    for marker in ("site-packages/", str(PROJECT_ROOT) + "/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+def _profiled(fn: Callable[[], Any]) -> tuple[cProfile.Profile, Any]:
+    gc.collect()
+    profile = cProfile.Profile()
+    value = profile.runcall(fn)
+    return profile, value
+
+
+def profile_phases(base_url: str, study: str, expected: int) -> dict[str, Any]:
+    """Replay the flow's work without Prefect, in this thread, phase by phase: the same
+    ImednetClient (SDK executor + our retry policy) and pager the flow's task uses, the same
+    sort, `records_table` and `to_pandas`. Timed plainly first, then under cProfile."""
+    import pandas as pd
+
+    from imednet_flows.edc.client import Credentials, ImednetClient
+    from imednet_flows.edc.paging import iter_items
+    from imednet_flows.frames import records_table
+
+    credentials = Credentials(base_url, DEMO_API_KEY, DEMO_SECURITY_KEY)
+    phases: dict[str, float] = {}
+    with ImednetClient(credentials, max_concurrency=4) as client:
+        phases["list_variables_s"], variables = _timed(
+            lambda: list(iter_items(client, study, "variables"))
+        )
+
+        def page_records() -> list[dict[str, Any]]:
+            return list(iter_items(client, study, "records", groups=[[]]))
+
+        phases["page_records_s"], records = _timed(page_records)
+        if len(records) != expected:
+            raise RuntimeError(f"pager returned {len(records)} records, expected {expected}")
+        paging_profile, _ = _profiled(page_records)
+
+    phases["sort_s"], _ = _timed(lambda: records.sort(key=lambda r: r["recordId"]))
+    form_keys = {r["formKey"] for r in records}
+    phases["records_table_s"], table = _timed(lambda: records_table(records, variables, form_keys))
+    phases["to_pandas_s"], frame = _timed(lambda: table.to_pandas(types_mapper=pd.ArrowDtype))
+    columns = frame.shape[1]
+    del frame
+    table_profile, _ = _profiled(lambda: records_table(records, variables, form_keys))
+    phases["sum_s"] = sum(v for k, v in phases.items() if k != "list_variables_s")
+    return {
+        "phases": phases,
+        "columns": columns,
+        "variables": len(variables),
+        "forms": len(form_keys),
+        "paging_top": _profile_top(paging_profile, PROFILE_TOP),
+        "records_table_top": _profile_top(table_profile, PROFILE_TOP),
+        "paging_profiled_s": _total(paging_profile),
+        "records_table_profiled_s": _total(table_profile),
+    }
+
+
+def _total(profile: cProfile.Profile) -> float:
+    return pstats.Stats(profile, stream=io.StringIO()).total_tt  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    spec = StudySpec.for_records(
+        args.records,
+        study_key=args.study,
+        intervals=args.intervals,
+        forms_per_interval=args.forms_per_interval,
+    )
+    results: dict[str, Any] = {
+        "config": {
+            "records_requested": args.records,
+            "records_seeded": spec.record_count,
+            "study": args.study,
+            "intervals": args.intervals,
+            "forms_per_interval": args.forms_per_interval,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        }
+    }
+    _ensure_project_importable()
+    prefect_home = Path(tempfile.mkdtemp(prefix="bench-prefect-home-"))
+    emulator = EmulatorProcess(args.records, args.study, args.intervals, args.forms_per_interval)
+    try:
+        log(f"starting emulator with {spec.record_count:,} records ...")
+        emulator.start(timeout=args.start_timeout)
+        results["emulator_startup"] = {**emulator.timings, "pid": emulator.pid}
+        log(f"ready at {emulator.base_url} in {emulator.timings['to_ready_s']:.2f}s")
+        warm_emulator(emulator.base_url, args.study)
+        admin = EmulatorClient(emulator.base_url)
+        expected = spec.record_count
+        try:
+            with prefect_environment(prefect_home), imednet_environment(emulator.base_url):
+                results["prefect"] = measure_flows(args.study, expected, admin, args.empty_runs)
+            log("raw httpx paging at size 500 ...")
+            results["raw"] = raw_paging(emulator.base_url, args.study, admin)
+            log("SDK records.list() at its default page size ...")
+            results["sdk"] = sdk_loop(emulator.base_url, args.study, expected, admin)
+            results["verdicts"] = verdicts(results)
+            if args.profile or not all(v["ok"] for v in results["verdicts"].values()):
+                log("profiling the flow's work phase by phase ...")
+                results["profile"] = profile_phases(emulator.base_url, args.study, expected)
+        finally:
+            admin.close()
+    finally:
+        shutdown_started = time.perf_counter()
+        code = emulator.stop()
+        if emulator.proc is not None:
+            results["emulator_shutdown"] = {
+                "exit_code": code,
+                "seconds": time.perf_counter() - shutdown_started,
+            }
+        shutil.rmtree(prefect_home, ignore_errors=True)
+    return results
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    a = results["prefect"]["flow_second"]["seconds"]
+    b = results["prefect"]["empty_flow"]["warm_median_s"]
+    c = results["raw"]["seconds"]
+    d = results["sdk"]["seconds"]
+    floor = a / (c + b)
+    sdk = a / d
+    return {
+        "A_over_C_plus_B": {
+            "value": floor,
+            "target": f"<= {RATIO_FLOOR_TARGET}",
+            "ok": floor <= RATIO_FLOOR_TARGET,
+        },
+        "A_over_D": {
+            "value": sdk,
+            "target": f"< {RATIO_SDK_TARGET:g}",
+            "ok": sdk < RATIO_SDK_TARGET,
+        },
+    }
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def render(results: dict[str, Any]) -> str:
+    """One line per number, with the target and verdict where there is one."""
+    cfg, pf = results["config"], results["prefect"]
+    a1, a2, empty = pf["flow_first"], pf["flow_second"], pf["empty_flow"]
+    raw, sdk, ver = results["raw"], results["sdk"], results["verdicts"]
+    n = a2["records"]
+    rows: list[tuple[str, str, str, str]] = [
+        (
+            "emulator start-up, spawn -> ready",
+            f"{results['emulator_startup']['to_ready_s']:.2f} s",
+            "",
+            "",
+        ),
+        ("Prefect test API start-up (harness enter)", f"{pf['harness_startup_s']:.2f} s", "", ""),
+        (
+            "A  extract_records_by_criteria, 2nd run",
+            _secs_rate(a2["seconds"], n),
+            "",
+            "",
+        ),
+        ("   1st run", _secs_rate(a1["seconds"], n), "", ""),
+        (
+            "   emulator handler time, record requests",
+            f"{a2['server_s']:.2f} s ({a2['record_requests']} requests, {a2['columns']} cols)",
+            "",
+            "",
+        ),
+        (
+            f"B  empty flow run, median of {empty['warm_runs']} warm",
+            f"{empty['warm_median_s']:.3f} s",
+            "",
+            "",
+        ),
+        ("   1st run", f"{empty['first_s']:.3f} s", "", ""),
+        ("C  raw httpx @500, response.json()", _secs_rate(raw["seconds"], n), "", ""),
+        ("   emulator handler time", f"{raw['server_s']:.2f} s ({raw['pages']} pages)", "", ""),
+        ("D  SDK records.list() @100, models", _secs_rate(sdk["seconds"], n), "", ""),
+        ("   emulator handler time", f"{sdk['server_s']:.2f} s ({sdk['pages']} pages)", "", ""),
+        (
+            "A / (C + B)",
+            f"{ver['A_over_C_plus_B']['value']:.2f}",
+            ver["A_over_C_plus_B"]["target"],
+            _verdict(ver["A_over_C_plus_B"]["ok"]),
+        ),
+        (
+            "A / D",
+            f"{ver['A_over_D']['value']:.2f}",
+            ver["A_over_D"]["target"],
+            _verdict(ver["A_over_D"]["ok"]),
+        ),
+    ]
+    if "profile" in results:
+        prof = results["profile"]
+        ph = prof["phases"]
+        rows += [
+            ("flow work replayed without Prefect:", "", "", ""),
+            (
+                "   page records (ImednetClient + pager @500)",
+                f"{ph['page_records_s']:.2f} s",
+                "",
+                "",
+            ),
+            ("   sort by recordId", f"{ph['sort_s']:.2f} s", "", ""),
+            (
+                f"   records_table ({prof['columns']} cols, {prof['forms']} forms)",
+                f"{ph['records_table_s']:.2f} s",
+                "",
+                "",
+            ),
+            ("   Table.to_pandas(ArrowDtype)", f"{ph['to_pandas_s']:.2f} s", "", ""),
+            ("   sum", f"{ph['sum_s']:.2f} s", "", ""),
+            (
+                "   A - B - sum (orchestration, artifact, other)",
+                f"{a2['seconds'] - empty['warm_median_s'] - ph['sum_s']:.2f} s",
+                "",
+                "",
+            ),
+        ]
+    if "emulator_shutdown" in results:
+        sd = results["emulator_shutdown"]
+        rows.append(
+            ("emulator SIGTERM -> exit", f"{sd['seconds']:.2f} s (code {sd['exit_code']})", "", "")
+        )
+
+    header = ("metric", "value", "target", "")
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(4)]
+    title = (
+        f"extract_records_by_criteria throughput: {cfg['records_seeded']:,} records "
+        f"({cfg['intervals']} intervals x {cfg['forms_per_interval']} forms), "
+        f"Python {cfg['python']}, {cfg['cpus']} CPUs"
+    )
+    rule = "-" * (sum(widths) + 6)
+    lines = [title, rule, _row(header, widths), rule, *(_row(r, widths) for r in rows), rule]
+    if "profile" in results:
+        prof = results["profile"]
+        lines += _profile_lines(
+            f"cProfile, paging through the flow's client (profiled {prof['paging_profiled_s']:.2f}"
+            " s), by own time",
+            prof["paging_top"],
+        )
+        lines += _profile_lines(
+            f"cProfile, records_table (profiled {prof['records_table_profiled_s']:.2f} s), "
+            "by own time",
+            prof["records_table_top"],
+        )
+    return "\n".join(lines)
+
+
+def _profile_lines(title: str, top: list[dict[str, Any]]) -> list[str]:
+    out = ["", title, f"{'own s':>8}  {'cum s':>8}  {'calls':>10}  function"]
+    out += [
+        f"{r['tottime_s']:8.3f}  {r['cumtime_s']:8.3f}  {r['calls']:10,}  {r['function']}"
+        for r in top
+    ]
+    return out
+
+
+def _secs_rate(seconds: float, records: int) -> str:
+    return f"{seconds:.2f} s  {records / seconds:,.0f} rec/s"
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "MISS"
+
+
+def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]:<{widths[2]}}  {cells[3]}"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--records", type=_positive, default=50_000, help="records in the study (default 50000)"
+    )
+    parser.add_argument("--study", default="BENCH", help="study key to seed")
+    parser.add_argument("--intervals", type=_positive, default=8, help="visits per subject")
+    parser.add_argument("--forms-per-interval", type=_positive, default=5, help="records/visit")
+    parser.add_argument(
+        "--empty-runs", type=_positive, default=6, help="empty flow runs (1st is cold)"
+    )
+    parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait")
+    parser.add_argument("--profile", action="store_true", help="profile even if targets are met")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with sigterm_as_interrupt():
+        results = run(args)
+    if args.json:
+        sys.stdout.write(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
