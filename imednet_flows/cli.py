@@ -87,6 +87,108 @@ def emulator(
     server.serve_forever()
 
 
+EXIT_FAILED = 1
+EXIT_SKIPPED = 75  # EX_TEMPFAIL: another sync held the lock; try again later
+
+cache_app = typer.Typer(
+    help="Inspect and export the local cache (no network).", no_args_is_help=True
+)
+app.add_typer(cache_app, name="cache")
+
+CachePath = Annotated[str, typer.Option("--cache", help="SQLite cache file.")]
+StudyOpt = Annotated[str, typer.Option("--study", help="Study key (case-sensitive).")]
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    return typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def sync(
+    study: Annotated[list[str], typer.Option("--study", help="Study key; repeat for several.")],
+    cache: CachePath = "imednet-cache/imednet.sqlite",
+    snapshots: Annotated[
+        str, typer.Option(help="Parquet snapshot folder.")
+    ] = "imednet-cache/snapshots",
+    full_refresh: Annotated[bool, typer.Option(help="Re-download everything.")] = False,
+    lock_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for the lock.")
+    ] = 600.0,
+    fail_if_locked: Annotated[
+        bool, typer.Option(help="Fail instead of skipping when locked.")
+    ] = False,
+    overlap: Annotated[float, typer.Option(min=0, help="Watermark overlap, seconds.")] = 30.0,
+) -> None:
+    """Run the incremental sync once (exit 75 if another sync held the lock)."""
+    from flows.incremental_sync import incremental_sync
+
+    try:
+        result = incremental_sync(
+            study,
+            cache_path=cache,
+            snapshot_dir=snapshots,
+            full_refresh=full_refresh,
+            lock_timeout=lock_timeout,
+            on_lock_timeout="fail" if fail_if_locked else "skip",
+            overlap_seconds=overlap,
+        )
+    except Exception as exc:
+        raise _fail(exc) from None
+    if result.skipped:
+        typer.echo(f"skipped: {result.reason}")
+        raise typer.Exit(EXIT_SKIPPED)
+    for key, study_result in result.studies.items():
+        parts = [
+            f"{name} +{e['inserted']} ~{e['updated']} -{e['hard_deleted']}"
+            for name, e in study_result["entities"].items()
+        ]
+        typer.echo(f"{key}: {', '.join(parts)} ({study_result['requests']} requests)")
+    typer.echo(f"{result.requests} requests in {result.seconds:.1f}s; cache {cache}")
+
+
+@cache_app.command("status")
+def cache_status(
+    cache: CachePath = "imednet-cache/imednet.sqlite",
+    study: Annotated[str | None, typer.Option(help="Only this study.")] = None,
+) -> None:
+    """Watermarks, last successful sync and row counts per study and entity."""
+    from imednet_flows.cache.reader import sync_status
+
+    try:
+        rows = sync_status(cache, study)
+    except FileNotFoundError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{'study':<16}{'entity':<10}{'rows':>8}  {'watermark':<20} last success")
+    for row in rows:
+        typer.echo(
+            f"{row['study_key']:<16}{row['entity']:<10}{row['row_count']:>8}  "
+            f"{row['watermark'] or '-':<20} {row['last_success'] or '-'}"
+        )
+
+
+@cache_app.command("export")
+def cache_export(
+    study: StudyOpt,
+    out: Annotated[str, typer.Option(help="Output file: .parquet or .csv")],
+    cache: CachePath = "imednet-cache/imednet.sqlite",
+    form: Annotated[str | None, typer.Option(help="Only this form (typed columns).")] = None,
+    include_deleted: Annotated[bool, typer.Option(help="Keep soft-deleted records.")] = False,
+) -> None:
+    """Write cached records to Parquet or CSV without touching the network."""
+    from imednet_flows.cache.reader import get_cached_records
+
+    try:
+        frame = get_cached_records(cache, study, form_key=form, include_deleted=include_deleted)
+    except FileNotFoundError as exc:
+        raise _fail(exc) from None
+    if out.endswith(".csv"):
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    typer.echo(f"{len(frame)} records of {study} written to {out}")
+
+
 @app.command()
 def demo(
     subjects: Annotated[int, typer.Option(min=1, help="Subjects in the demo study.")] = 60,

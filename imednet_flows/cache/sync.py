@@ -357,9 +357,9 @@ def _merge_entity(
     result.unchanged = result.fetched + result.recovered - result.inserted - result.updated
     if "deleted" in [c.name for c in spec.columns]:
         result.soft_deleted = conn.execute(
-            f"SELECT COUNT(*) FROM stage.{t} s LEFT JOIN main.{t} m ON m.study_key="
+            f"SELECT COUNT(*) FROM stage.{t} s JOIN main.{t} m ON m.study_key="
             f"s.study_key AND m.{idc}=s.{idc} WHERE s.study_key=? AND s.deleted=1 AND "
-            "COALESCE(m.deleted, 0)=0",
+            "m.deleted=0",  # transitions only: rows that arrive deleted count as new
             (key,),
         ).fetchone()[0]
     if t == "records":
