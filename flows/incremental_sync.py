@@ -25,6 +25,18 @@ from tasks.cache import snapshot_study, sync_study
 from tasks.client import imednet_client
 
 CHANGED_EVENT = "imednet.sync.changed"
+COUNTS = ("inserted", "updated", "soft_deleted", "hard_deleted")
+
+
+def changed_resource(study_key: str, entities: dict[str, dict]) -> dict[str, str]:
+    """The event's resource. Which entities changed are labels, because deployment triggers
+    match labels, not payloads: the open-queries report can then fire only when queries
+    changed."""
+    resource = {"prefect.resource.id": f"imednet.study.{study_key}", "imednet.study-key": study_key}
+    for name, e in entities.items():
+        changed = any(e[k] for k in COUNTS)
+        resource[f"imednet.changed.{name}"] = "true" if changed else "false"
+    return resource
 
 
 class SyncRunResult(BaseModel):
@@ -193,11 +205,8 @@ def _publish(result: SyncRunResult) -> None:
         if study["changed"]:
             emit_event(
                 CHANGED_EVENT,
-                resource={"prefect.resource.id": f"imednet.study.{key}", "imednet.study-key": key},
-                payload={
-                    name: {k: e[k] for k in ("inserted", "updated", "soft_deleted", "hard_deleted")}
-                    for name, e in study["entities"].items()
-                },
+                resource=changed_resource(key, study["entities"]),
+                payload={name: {k: e[k] for k in COUNTS} for name, e in study["entities"].items()},
             )
     create_table_artifact(
         key=artifact_key("incremental-sync"),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -187,6 +191,164 @@ def cache_export(
     else:
         frame.to_parquet(out, index=False)
     typer.echo(f"{len(frame)} records of {study} written to {out}")
+
+
+def _echo_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+@app.command()
+def extract(
+    study: StudyOpt,
+    record_filter: Annotated[str | None, typer.Option(help="Filter on records.")] = None,
+    subject_filter: Annotated[str | None, typer.Option(help="Filter on subjects.")] = None,
+    visit_filter: Annotated[str | None, typer.Option(help="Filter on visits.")] = None,
+    record_data_filter: Annotated[str | None, typer.Option(help="Filter on recordData.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Write one Parquet file per form.")] = None,
+) -> None:
+    """Records matching filters in the API's grammar, e.g. --record-filter 'formKey==AE'."""
+    from flows.extract_records import extract_records_by_criteria
+
+    try:
+        frame = extract_records_by_criteria(
+            study,
+            record_filter=record_filter,
+            subject_filter=subject_filter,
+            visit_filter=visit_filter,
+            record_data_filter=record_data_filter,
+            output_dir=output_dir,
+        )
+    except Exception as exc:
+        raise _fail(exc) from None
+    typer.echo(frame.to_string(max_rows=20, max_cols=12))
+    typer.echo(f"{len(frame)} records")
+
+
+@app.command()
+def subject(
+    study: StudyOpt,
+    key: Annotated[str, typer.Option("--subject", help="Subject key, e.g. 01-001.")],
+) -> None:
+    """Everything about one subject, as JSON."""
+    from flows.subject_data import get_all_subject_data
+
+    try:
+        data = get_all_subject_data(study, key)
+    except Exception as exc:
+        raise _fail(exc) from None
+    _echo_json(data.model_dump(mode="json"))
+
+
+@app.command()
+def queries(
+    study: StudyOpt,
+    filters: Annotated[str | None, typer.Option("--filter", help="Filter on queries.")] = None,
+) -> None:
+    """Open queries (latest comment not closed)."""
+    from flows.open_queries import get_open_queries
+
+    try:
+        result = get_open_queries(study, filters)
+    except Exception as exc:
+        raise _fail(exc) from None
+    for q in result.open:
+        typer.echo(
+            f"{q.subject_key:<12} query {q.annotation_id:<10} {q.variable:<12} {q.description}"
+        )
+    typer.echo(
+        f"{len(result.open)} open, {result.closed} closed, "
+        f"{len(result.without_comments)} without comments, of {result.total}"
+    )
+
+
+@app.command()
+def upsert(
+    study: StudyOpt,
+    rows_file: Annotated[
+        Path,
+        typer.Option(
+            "--rows",
+            exists=True,
+            dir_okay=False,
+            help="JSON file: a list of rows in the API's POST shape (formKey, data, ...).",
+        ),
+    ],
+    wait: Annotated[bool, typer.Option(help="Wait for the jobs to finish.")] = True,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait per job.")] = 300,
+    batch_size: Annotated[int, typer.Option(min=1, max=500, help="Rows per POST.")] = 500,
+) -> None:
+    """Validate rows, post them in batches and wait for the jobs."""
+    from flows.upsert_records import create_or_update_records
+
+    try:
+        rows = json.loads(rows_file.read_text())
+        result = create_or_update_records(
+            study, rows, wait=wait, timeout=timeout, batch_size=batch_size
+        )
+    except Exception as exc:
+        raise _fail(exc) from None
+    for batch in result.batches:
+        typer.echo(
+            f"rows {batch.first_row}-{batch.last_row}: {batch.state} "
+            f"({batch.batch_id or 'confirmed by read-back'})"
+        )
+
+
+@app.command()
+def serve(
+    pause_on_shutdown: Annotated[
+        bool,
+        typer.Option(
+            help="Pause schedules when this process stops (off: right for service managers)."
+        ),
+    ] = False,
+) -> None:
+    """Serve every deployment of prefect.yaml from this process (no worker needed)."""
+    from deployments.serve import main as serve_main
+
+    serve_main(["--pause-on-shutdown"] if pause_on_shutdown else [])
+
+
+WORK_POOL = "imednet-process"
+
+
+@app.command()
+def deploy() -> None:
+    """Create the work pool `imednet-process` if missing, then deploy all of prefect.yaml."""
+    from deployments.definitions import PROJECT_ROOT
+    from deployments.pool import ensure_work_pool
+
+    created = ensure_work_pool(WORK_POOL)
+    typer.echo(f"work pool {WORK_POOL}: {'created' if created else 'exists'}")
+    prefect = Path(sys.executable).with_name("prefect")
+    done = subprocess.run(
+        [str(prefect), "--no-prompt", "deploy", "--all"], cwd=PROJECT_ROOT, check=False
+    )
+    if done.returncode:
+        raise typer.Exit(done.returncode)
+    typer.echo(f"start a worker: prefect worker start --pool {WORK_POOL}")
+
+
+@app.command()
+def configure(
+    base_url: Annotated[
+        str | None, typer.Option(help="API origin, e.g. https://edc.prod.imednetapi.com")
+    ] = None,
+) -> None:
+    """Store the API keys as Prefect Secret blocks (prompted, never echoed) and the base URL
+    as a Prefect Variable."""
+    from tasks.client import store_credentials
+
+    api_key = typer.prompt("iMednet API key", hide_input=True)
+    security_key = typer.prompt("iMednet security key", hide_input=True)
+    try:
+        store_credentials(api_key, security_key, base_url)
+    except Exception as exc:
+        raise _fail(exc) from None
+    typer.echo(
+        "stored Secret blocks imednet-api-key and imednet-security-key"
+        + (f" and Variable imednet-base-url={base_url}" if base_url else "")
+    )
 
 
 @app.command()

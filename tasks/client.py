@@ -64,3 +64,13 @@ def imednet_client(max_concurrency: int | None = None) -> Iterator[ImednetClient
         yield client
     finally:
         client.close()
+
+
+def store_credentials(api_key: str, security_key: str, base_url: str | None = None) -> None:
+    """What `imednet-flows configure` stores: keys as Secret blocks, the URL as a Variable."""
+    if not api_key.strip() or not security_key.strip():
+        raise ImednetFlowsError("both the API key and the security key are needed")
+    Secret(value=api_key.strip()).save(API_KEY_BLOCK, overwrite=True)
+    Secret(value=security_key.strip()).save(SECURITY_KEY_BLOCK, overwrite=True)
+    if base_url:
+        Variable.set(BASE_URL_VARIABLE, base_url.strip(), overwrite=True)
