@@ -105,7 +105,7 @@ def test_changes_while_paging_are_caught(
     run(tmp_path, key)
     emu = paged.emulator
     emu.mutate(key, "edit_records", n=600, seed=9)  # a delta of two pages
-    emu.add_fault("latency", route="records", seconds=0.3, count=None)
+    emu.add_fault("latency", route="records", seconds=0.1, count=None)
     stop = threading.Event()
 
     def churn() -> None:
