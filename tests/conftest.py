@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
 import pytest
 from imednet import ImednetSDK
 
+from imednet_flows.edc.client import is_loopback as is_loopback_url
 from imednet_flows.emulator import (
     DEMO_API_KEY,
     DEMO_SECURITY_KEY,
@@ -21,16 +20,6 @@ from imednet_flows.emulator import (
 #: More than 500 rows of subjects, visits, records and queries: page boundaries get crossed.
 BIG = StudySpec(study_key="PHX-101", study_id=1, seed=11, subjects=520)
 SMALL = StudySpec(study_key="SMALL", study_id=2, seed=22, subjects=12, sites=2)
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def pytest_configure(config: pytest.Config) -> None:

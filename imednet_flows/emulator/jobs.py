@@ -212,7 +212,7 @@ def apply_items(store: StudyStore, items: list[dict[str, Any]], now: str) -> lis
                 if interval is not None:
                     visit = visits.get((subject["subjectId"], interval["intervalId"]))
                     if visit is None:
-                        visit = _new_visit(store, subject, interval, now)
+                        visit = new_visit(store, subject, interval, now)
                         visits[(subject["subjectId"], interval["intervalId"])] = visit
                         changed.add("visits")
                 record = _new_record(store, subject, target.form, visit, now)
@@ -228,15 +228,20 @@ def apply_items(store: StudyStore, items: list[dict[str, Any]], now: str) -> lis
 
 
 def _register_subject(store: StudyStore, target: _Target, now: str) -> dict[str, Any]:
-    site = target.site
-    assert site is not None
+    assert target.site is not None
+    return new_subject(store, target.site, now, target.register_key)
+
+
+def new_subject(
+    store: StudyStore, site: dict[str, Any], now: str, key: str | None = None
+) -> dict[str, Any]:
+    """A subject as the EDC creates it on registration: Screened, no keywords yet."""
     subject_id = store.new_id("subjects")
-    key = target.register_key or f"{site['siteId'] % 100:02d}-{subject_id % 100_000:05d}"
     subject = {
         "studyKey": store.key,
         "subjectId": subject_id,
         "subjectOid": f"OID-{subject_id}",
-        "subjectKey": key,
+        "subjectKey": key or f"{site['siteId'] % 100:02d}-N{subject_id % 100_000:05d}",
         "subjectStatus": "Screened",
         "siteId": site["siteId"],
         "siteName": site["siteName"],
@@ -257,7 +262,7 @@ def _first_interval_with(store: StudyStore, form_id: int) -> dict[str, Any] | No
     return None
 
 
-def _new_visit(
+def new_visit(
     store: StudyStore, subject: dict[str, Any], interval: dict[str, Any], now: str
 ) -> dict[str, Any]:
     visit_id = store.new_id("visits")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
-from imednet_flows.emulator.jobs import append_revision
+from imednet_flows.emulator.jobs import append_revision, new_subject, new_visit
 from imednet_flows.emulator.store import StudyStore
 
 Mutation = Callable[..., dict[str, Any]]
@@ -160,25 +160,7 @@ def add_subjects(
         sites = [s for s in sites if s["siteId"] == site_id]
         if not sites:
             raise ValueError(f"no site {site_id} in study {store.key}")
-    created = []
-    for i in range(n):
-        site = sites[i % len(sites)]
-        subject_id = store.new_id("subjects")
-        store.tables["subjects"][subject_id] = {
-            "studyKey": store.key,
-            "subjectId": subject_id,
-            "subjectOid": f"OID-{subject_id}",
-            "subjectKey": f"{site['siteId'] % 100:02d}-N{subject_id % 100_000:05d}",
-            "subjectStatus": "Screened",
-            "siteId": site["siteId"],
-            "siteName": site["siteName"],
-            "deleted": False,
-            "enrollmentStartDate": now,
-            "dateCreated": now,
-            "dateModified": now,
-            "keywords": [],
-        }
-        created.append(subject_id)
+    created = [new_subject(store, sites[i % len(sites)], now)["subjectId"] for i in range(n)]
     store.changed("subjects")
     return {"ids": created, "at": now}
 
@@ -188,29 +170,12 @@ def add_visits(store: StudyStore, now: str, n: int = 1, seed: int = 0) -> dict[s
     """Unscheduled-style extra visits for existing subjects, in the first interval."""
     interval = next(iter(store.tables["intervals"].values()))
     subjects = _pick(store, "subjects", None, min(n, len(store.tables["subjects"])), seed)
-    created = []
-    for i in range(n):
-        subject = store.tables["subjects"][subjects[i % len(subjects)]]
-        visit_id = store.new_id("visits")
-        day = now[:10]
-        store.tables["visits"][visit_id] = {
-            "studyKey": store.key,
-            "visitId": visit_id,
-            "intervalId": interval["intervalId"],
-            "intervalName": interval["intervalName"],
-            "subjectId": subject["subjectId"],
-            "subjectKey": subject["subjectKey"],
-            "startDate": day,
-            "endDate": day,
-            "dueDate": None,
-            "visitDate": day,
-            "visitDateForm": "",
-            "visitDateQuestion": "",
-            "deleted": False,
-            "dateCreated": now,
-            "dateModified": now,
-        }
-        created.append(visit_id)
+    created = [
+        new_visit(store, store.tables["subjects"][subjects[i % len(subjects)]], interval, now)[
+            "visitId"
+        ]
+        for i in range(n)
+    ]
     store.changed("visits")
     return {"ids": created, "at": now}
 
