@@ -74,16 +74,19 @@ def records_table(
     arrays: dict[str, list[Any]] = {name: [] for name, _ in RECORD_COLUMNS}
     for name, _ in columns:
         arrays[name] = []
+    stamp = pa.timestamp("s", tz="UTC")
+    metadata = [(arrays[name], name, kind == stamp) for name, kind in RECORD_COLUMNS]
+    data_columns = [
+        (arrays[name], name[4:] if name.startswith("var_") and name[4:] in _META else name, vtype)
+        for name, vtype in columns
+    ]
     for record in records:
-        for name, kind in RECORD_COLUMNS:
+        for target, name, is_stamp in metadata:
             value = record.get(name)
-            if kind == pa.timestamp("s", tz="UTC"):
-                value = parse_ts(value)
-            arrays[name].append(value)
+            target.append(parse_ts(value) if is_stamp else value)
         data = record.get("recordData") or {}
-        for name, vtype in columns:
-            key = name[4:] if name.startswith("var_") and name[4:] in _META else name
-            arrays[name].append(coerce(data.get(key), vtype))
+        for target, key, vtype in data_columns:
+            target.append(coerce(data.get(key), vtype))
     fields = [pa.field(n, t) for n, t in RECORD_COLUMNS] + [
         pa.field(n, arrow_type(t)) for n, t in columns
     ]

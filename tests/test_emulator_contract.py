@@ -409,3 +409,55 @@ def test_sdk_get_by_id(sdk: ImednetSDK, emulator: EmulatorServer) -> None:
     assert got.subject_id == subject["subjectId"]
     with pytest.raises(NotFoundError):
         sdk.subjects.get(K, "no-such-subject")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "recordId>={lo};recordId<={hi}",
+        "recordId>{lo};recordId<{hi};formKey==AE",
+        "studyKey==PHX-101;recordId>={lo};recordId<={hi};deleted==false",
+        "recordId>={lo},formKey==VS;recordId<{hi}",  # OR: no narrowing, same answer
+        "recordId>={hi};recordId<={lo}",  # empty range
+    ],
+)
+def test_id_ranges_match_a_full_scan(emulator: EmulatorServer, template: str) -> None:
+    """The emulator answers id ranges from an index; the answer must equal a plain scan."""
+    rows = emulator.emulator.rows(K, "records")
+    lo, hi = rows[100]["recordId"], rows[900]["recordId"]
+    text = template.format(lo=lo, hi=hi)
+    groups = [g.split(";") for g in text.split(",")]
+
+    def holds(row: dict, term: str) -> bool:
+        for op in (">=", "<=", "==", ">", "<"):
+            if op in term:
+                name, value = term.split(op)
+                have = row[name]
+                want = (
+                    int(value)
+                    if isinstance(have, int) and not isinstance(have, bool)
+                    else (value == "true")
+                    if isinstance(have, bool)
+                    else value
+                )
+                return {
+                    ">=": have >= want,
+                    "<=": have <= want,
+                    "==": have == want,
+                    ">": have > want,
+                    "<": have < want,
+                }[op]
+        raise AssertionError(term)
+
+    expected = [r["recordId"] for r in rows if any(all(holds(r, t) for t in g) for g in groups)]
+    got: list[int] = []
+    page = 0
+    while True:
+        body = api(
+            emulator, f"/studies/{K}/records", {"filter": text, "size": 500, "page": page}
+        ).json()
+        got += [r["recordId"] for r in body["data"]]
+        page += 1
+        if page >= body["pagination"]["totalPages"]:
+            break
+    assert got == expected

@@ -7,22 +7,29 @@ SQLite's own busy waiting.
 
 from __future__ import annotations
 
-import json
+import re
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from imednet_flows.filter_syntax import BadTimestamp, format_timestamp, parse_instant
 
 SCHEMA_VERSION = 1
+
+
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
 def canonical_ts(value: Any) -> str | None:
     """Any API timestamp form as 'YYYY-MM-DD HH:MM:SS' UTC, so text order is time order."""
     if not value or not isinstance(value, str):
         return None
+    if _CANONICAL.fullmatch(value):  # the API's usual form: nothing to convert
+        return value
     try:
         return format_timestamp(parse_instant(value.strip())[0])
     except BadTimestamp:
@@ -58,7 +65,7 @@ def _stamp(name: str) -> Callable[[dict[str, Any]], Any]:
 
 
 def _json(name: str) -> Callable[[dict[str, Any]], Any]:
-    return lambda item: json.dumps(item.get(name) or {}, separators=(",", ":"))
+    return lambda item: orjson.dumps(item.get(name) or {}).decode()
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ class EntitySpec:
             study_key,
             item[self.id_field],
             *(c.extract(item) for c in self.columns),
-            json.dumps(item, separators=(",", ":")),
+            orjson.dumps(item).decode(),
         )
 
 
@@ -295,3 +302,15 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
     return SCHEMA_VERSION
+
+
+def connect_staging(path: str | Path) -> sqlite3.Connection:
+    """A throwaway file for one study's run: entity tables with their primary keys only,
+    no journal, no fsync; it is rebuilt from the API if anything goes wrong."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    for spec in ENTITIES.values():
+        conn.execute(_table_ddl(spec))
+    conn.execute("CREATE TABLE deletions (entity TEXT, id INTEGER)")
+    return conn

@@ -129,3 +129,23 @@ def _forms(conn: sqlite3.Connection, study_key: str, ids: list[int]) -> set[str]
         (study_key, *ids),
     )
     return {r[0] for r in rows if r[0] is not None}
+
+
+def existing_ids(
+    conn: sqlite3.Connection, spec: EntitySpec, study_key: str, ids: Iterable[int]
+) -> list[int]:
+    """Which of `ids` the cache already holds, asked 500 at a time."""
+    ids = list(ids)
+    found: list[int] = []
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        marks = ",".join("?" * len(batch))
+        found += [
+            r[0]
+            for r in conn.execute(
+                f"SELECT {spec.id_column} FROM {spec.name} WHERE study_key=? AND "
+                f"{spec.id_column} IN ({marks})",
+                (study_key, *batch),
+            )
+        ]
+    return found

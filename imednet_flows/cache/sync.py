@@ -19,6 +19,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ from imednet_flows.cache.schema import (
     EntitySpec,
     canonical_ts,
     connect,
+    connect_staging,
 )
 from imednet_flows.edc.client import MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.edc.paging import scoped_filter
@@ -127,9 +129,9 @@ class StudySync:
         self.stage_path = staging_file(staging_dir, study_key)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.stage_path}{suffix}").unlink(missing_ok=True)
-        self.stage = connect(self.stage_path)
-        self.stage.execute("PRAGMA synchronous=OFF")
-        self.stage.execute("CREATE TABLE deletions (entity TEXT, id INTEGER)")
+        self.stage = connect_staging(self.stage_path)
+        # One transaction for the whole fetch: a commit per page costs more than the page.
+        self.stage.execute("BEGIN")
         # A first run has no cache yet: nothing is created until the merge.
         self.main = connect(cache_path, readonly=True) if cache_path.exists() else None
         self.watermarks: dict[str, str | None] = {}
@@ -166,28 +168,37 @@ class StudySync:
         params: dict[str, Any] = {"filter": filter_text} if filter_text else {}
         page, server_now, totals = 0, None, []
         sql = store.upsert_sql(spec)
-        while True:
-            payload = self._get(
+
+        def fetch(number: int) -> dict[str, Any]:
+            return self._get(
                 spec.route,
-                {**params, "page": page, "size": MAX_PAGE_SIZE},
-                f"syncing {spec.name} of study {self.study_key} (page {page})",
+                {**params, "page": number, "size": MAX_PAGE_SIZE},
+                f"syncing {spec.name} of study {self.study_key} (page {number})",
             )
-            result.requests += 1
-            if page == 0:
-                server_now = _server_now(payload)
-            items = payload.get("data") or []
-            self.stage.executemany(sql, [spec.to_row(self.study_key, i) for i in items])
-            result.fetched += len(items)
-            pagination = payload.get("pagination") or {}
-            totals.append(int(pagination.get("totalElements") or 0))
-            total_pages = int(pagination.get("totalPages") or 0)
-            if self.progress:
-                self.progress(spec.name, page + 1, total_pages)
-            if page == 1:
-                crash_point("sync.mid-page")
-            if page >= total_pages - 1:
-                break
-            page += 1
+
+        # The next page downloads while this one is written: two pages in memory at most.
+        with ThreadPoolExecutor(1, thread_name_prefix=f"fetch-{spec.name}") as pool:
+            pending = pool.submit(fetch, 0)
+            while True:
+                payload = pending.result()
+                result.requests += 1
+                pagination = payload.get("pagination") or {}
+                total_pages = int(pagination.get("totalPages") or 0)
+                if page < total_pages - 1:
+                    pending = pool.submit(fetch, page + 1)
+                if page == 0:
+                    server_now = _server_now(payload)
+                items = payload.get("data") or []
+                self.stage.executemany(sql, [spec.to_row(self.study_key, i) for i in items])
+                result.fetched += len(items)
+                totals.append(int(pagination.get("totalElements") or 0))
+                if self.progress:
+                    self.progress(spec.name, page + 1, total_pages)
+                if page == 1:
+                    crash_point("sync.mid-page")
+                if page >= total_pages - 1:
+                    break
+                page += 1
         if spec.incremental and min(totals[1:], default=totals[0]) < max(totals):
             self._keyset_pass(spec, groups, result)
         return server_now
@@ -229,6 +240,17 @@ class StudySync:
         )
         return payload.get("data") or []
 
+    def _expected_count(self, spec: EntitySpec) -> int:
+        """Rows the cache will hold after the merge, without loading every id: cached rows
+        plus staged ids the cache does not have yet (few, in a delta)."""
+        cached = 0 if self.main is None else store.count(self.main, spec, self.study_key)
+        staged = store.cached_ids(self.stage, spec, self.study_key)
+        if self.main is None or not staged:
+            return cached + len(staged)
+        return (
+            cached + len(staged) - len(store.existing_ids(self.main, spec, self.study_key, staged))
+        )
+
     def _expected_ids(self, spec: EntitySpec) -> list[int]:
         """Ids the cache will hold after the merge: cached ids plus newly staged ones."""
         cached = self._cached_ids(spec)
@@ -244,11 +266,11 @@ class StudySync:
             gone = [i for i in self._cached_ids(spec) if i not in staged]
             self._stage_deletions(spec, gone)
             return
-        expected = self._expected_ids(spec)
         total = self._server_count(spec)
         result.requests += 1
-        if total == len(expected):
+        if total == self._expected_count(spec):
             return
+        expected = self._expected_ids(spec)
         diff = find_differences(
             expected,
             total,
@@ -284,6 +306,7 @@ class StudySync:
         crash_point("sync.after-structure")
         for spec in INCREMENTAL:
             self.fetch_entity(spec)
+        self.stage.execute("COMMIT")  # the merge reads this file from another connection
         self.result.requests = sum(e.requests for e in self.result.entities.values())
         self.result.seconds = time.perf_counter() - started
 
@@ -343,38 +366,36 @@ def _merge_entity(
     result: EntityResult,
     changed_forms: set[str],
 ) -> None:
+    """New and changed rows in, vanished rows out. Each set is scanned once to count it
+    (grouped by form, which records need for snapshot reuse) and once to write it."""
     t, idc = spec.name, spec.id_column
     new = (
-        f"SELECT s.* FROM stage.{t} s WHERE s.study_key=? AND NOT EXISTS (SELECT 1 FROM "
-        f"main.{t} m WHERE m.study_key=s.study_key AND m.{idc}=s.{idc})"
+        f"FROM stage.{t} s WHERE s.study_key=? AND NOT EXISTS (SELECT 1 FROM main.{t} m "
+        f"WHERE m.study_key=s.study_key AND m.{idc}=s.{idc})"
     )
     diff = (
-        f"SELECT s.* FROM stage.{t} s JOIN main.{t} m ON m.study_key=s.study_key AND "
+        f"FROM stage.{t} s JOIN main.{t} m ON m.study_key=s.study_key AND "
         f"m.{idc}=s.{idc} WHERE s.study_key=? AND m.raw<>s.raw"
     )
-    result.inserted = conn.execute(f"SELECT COUNT(*) FROM ({new})", (key,)).fetchone()[0]
-    result.updated = conn.execute(f"SELECT COUNT(*) FROM ({diff})", (key,)).fetchone()[0]
+    group = "s.form_key" if t == "records" else "NULL"
+    for sql, counter in ((new, "inserted"), (diff, "updated")):
+        rows = conn.execute(f"SELECT {group}, COUNT(*) {sql} GROUP BY 1", (key,)).fetchall()
+        setattr(result, counter, sum(r[1] for r in rows))
+        changed_forms |= {r[0] for r in rows if r[0]}
     result.unchanged = result.fetched + result.recovered - result.inserted - result.updated
     if "deleted" in [c.name for c in spec.columns]:
+        # transitions only: a row that arrives already deleted counts as new
         result.soft_deleted = conn.execute(
-            f"SELECT COUNT(*) FROM stage.{t} s JOIN main.{t} m ON m.study_key="
-            f"s.study_key AND m.{idc}=s.{idc} WHERE s.study_key=? AND s.deleted=1 AND "
-            "m.deleted=0",  # transitions only: rows that arrive deleted count as new
-            (key,),
+            f"SELECT COUNT(*) {diff} AND s.deleted=1 AND m.deleted=0", (key,)
         ).fetchone()[0]
-    if t == "records":
-        changed_forms |= {
-            r[0]
-            for r in conn.execute(
-                f"SELECT DISTINCT form_key FROM ({new} UNION ALL {diff})", (key, key)
-            )
-            if r[0]
-        }
     columns = ", ".join(spec.column_names)
-    conn.execute(
-        f"INSERT OR REPLACE INTO main.{t} ({columns}) SELECT {columns} FROM ({diff})", (key,)
-    )
-    conn.execute(f"INSERT INTO main.{t} ({columns}) SELECT {columns} FROM ({new})", (key,))
+    selected = ", ".join(f"s.{c}" for c in spec.column_names)
+    if result.updated:
+        conn.execute(
+            f"INSERT OR REPLACE INTO main.{t} ({columns}) SELECT {selected} {diff}", (key,)
+        )
+    if result.inserted:
+        conn.execute(f"INSERT INTO main.{t} ({columns}) SELECT {selected} {new}", (key,))
     gone = [r[0] for r in conn.execute("SELECT id FROM stage.deletions WHERE entity=?", (t,))]
     if t == "records":
         changed_forms |= store.forms_of_records(conn, key, gone)
