@@ -7,7 +7,6 @@ process-wide lock, inside the FileLock the flow holds for the whole run.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -17,10 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from imednet_flows.cache.schema import connect
 from imednet_flows.cache.snapshots import write_snapshot
-from imednet_flows.cache.sync import StudySync, merge
+from imednet_flows.cache.sync import StudySync, merge_into
 from imednet_flows.edc.client import ImednetClient
-
-_MERGE_LOCK = threading.Lock()
 
 
 def _progress_reporter(study_key: str):
@@ -68,12 +65,7 @@ def sync_study(
     )
     try:
         sync.run_fetch()
-        with _MERGE_LOCK:
-            conn = connect(cache_path)
-            try:
-                result = merge(conn, sync)
-            finally:
-                conn.close()
+        result = merge_into(Path(cache_path), sync)
     finally:
         sync.close()
     for name, e in result.entities.items():

@@ -58,7 +58,11 @@ def default_concurrency() -> int:
 def imednet_client(max_concurrency: int | None = None) -> Iterator[ImednetClient]:
     """A client for one flow run; its semaphore bounds every API task of the run."""
     credentials = resolve_credentials()
-    client = ImednetClient(credentials, max_concurrency=max_concurrency or default_concurrency())
+    client = ImednetClient(
+        credentials,
+        max_concurrency=max_concurrency or default_concurrency(),
+        credentials_source=resolve_credentials,
+    )
     get_run_logger().info("iMednet API at %s", credentials.base_url or "the hosted service")
     try:
         yield client

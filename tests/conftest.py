@@ -22,6 +22,10 @@ BIG = StudySpec(study_key="PHX-101", study_id=1, seed=11, subjects=520)
 SMALL = StudySpec(study_key="SMALL", study_id=2, seed=22, subjects=12, sites=2)
 
 
+# Offline machines log telemetry errors otherwise (and the harness's database gets busier).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse to run against anything but loopback: the SDK defaults to the hosted service."""
     base_url = os.environ.get("IMEDNET_BASE_URL")

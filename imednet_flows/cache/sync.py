@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -316,6 +317,23 @@ class StudySync:
             self.main.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.stage_path}{suffix}").unlink(missing_ok=True)
+
+
+_MERGE_LOCK = threading.Lock()
+#: A merge may wait this long for another process's merge (SQLite's own write lock).
+MERGE_BUSY_TIMEOUT_MS = 600_000
+
+
+def merge_into(cache_path: Path, sync: StudySync) -> StudyResult:
+    """Merge under a process-wide lock (threads take turns without busy-waiting); merges
+    from other processes, e.g. Dask workers, queue on SQLite's write lock instead."""
+    with _MERGE_LOCK:
+        conn = connect(cache_path)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={MERGE_BUSY_TIMEOUT_MS}")
+            return merge(conn, sync)
+        finally:
+            conn.close()
 
 
 def merge(conn: sqlite3.Connection, sync: StudySync) -> StudyResult:

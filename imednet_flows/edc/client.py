@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,9 +59,11 @@ class ImednetClient:
         retry: RetrySettings | None = None,
         max_concurrency: int = 4,
         timeout: float = 30.0,
+        credentials_source: Callable[[], Credentials] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        self._options = (retry, max_concurrency, timeout, credentials_source)
         self.retry = retry or RetrySettings()
         self.base_url = credentials.base_url
         self._lock = threading.Lock()
@@ -88,6 +90,21 @@ class ImednetClient:
     def _count_retry(self, _attempt: int, _reason: str, _delay: float) -> None:
         with self._lock:
             self.retries += 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A client travels to another process (a Dask worker) without its keys: it is
+        rebuilt there from the same source (environment or Secret blocks). Its request
+        bound then applies per process."""
+        if self._options[3] is None:
+            raise TypeError(
+                "this ImednetClient has no credentials_source to rebuild from, "
+                "so it cannot be sent to another process"
+            )
+        return {"options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        retry, max_concurrency, timeout, source = state["options"]
+        self.__init__(source(), retry, max_concurrency, timeout, source)  # type: ignore[misc]
 
     def close(self) -> None:
         self.sdk.close()
