@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from imednet_flows.values import arrow_type, coerce
 
@@ -66,29 +67,42 @@ def variable_columns(
     return [(f"var_{n}" if n in _META else n, t) for n, t in seen.items()]
 
 
+def _timestamps(values: list[Any]) -> pa.Array:
+    """The API's canonical stamps parse in Arrow at C speed; anything else goes one by one."""
+    stamp = pa.timestamp("s", tz="UTC")
+    try:
+        parsed = pc.strptime(
+            pa.array(values, pa.string()), format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=False
+        )
+        return parsed.cast(stamp)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([parse_ts(v) for v in values], stamp)
+
+
 def records_table(
     records: list[Row], variables: Iterable[Row], form_keys: Iterable[str] | None = None
 ) -> pa.Table:
-    """One row per record; variables of forms in `form_keys` (all when None) as typed columns."""
+    """One row per record; variables of forms in `form_keys` (all when None) as typed columns.
+
+    Only the values a record actually has are coerced (a study's forms share few variables,
+    so most cells of the union are empty): columns start as None and are filled per key.
+    """
     columns = variable_columns(variables, form_keys)
-    arrays: dict[str, list[Any]] = {name: [] for name, _ in RECORD_COLUMNS}
-    for name, _ in columns:
-        arrays[name] = []
-    stamp = pa.timestamp("s", tz="UTC")
-    metadata = [(arrays[name], name, kind == stamp) for name, kind in RECORD_COLUMNS]
-    data_columns = [
-        (arrays[name], name[4:] if name.startswith("var_") and name[4:] in _META else name, vtype)
-        for name, vtype in columns
-    ]
-    for record in records:
-        for target, name, is_stamp in metadata:
-            value = record.get(name)
-            target.append(parse_ts(value) if is_stamp else value)
-        data = record.get("recordData") or {}
-        for target, key, vtype in data_columns:
-            target.append(coerce(data.get(key), vtype))
+    arrays: dict[str, Any] = {}
+    for name, kind in RECORD_COLUMNS:
+        values = [record.get(name) for record in records]
+        arrays[name] = _timestamps(values) if pa.types.is_timestamp(kind) else values
+    by_key: dict[str, tuple[str, list[Any]]] = {}
+    for name, vtype in columns:
+        key = name[4:] if name.startswith("var_") and name[4:] in _META else name
+        arrays[name] = [None] * len(records)
+        by_key[key] = (vtype, arrays[name])
+    for index, record in enumerate(records):
+        for key, value in (record.get("recordData") or {}).items():
+            target = by_key.get(key)
+            if target is not None and value is not None and value != "":
+                target[1][index] = coerce(value, target[0])
     fields = [pa.field(n, t) for n, t in RECORD_COLUMNS] + [
         pa.field(n, arrow_type(t)) for n, t in columns
     ]
-    schema = pa.schema(fields)
-    return pa.Table.from_pydict(arrays, schema=schema)
+    return pa.Table.from_pydict(arrays, schema=pa.schema(fields))

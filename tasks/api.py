@@ -7,6 +7,7 @@ and multiply attempts. Results are never cached: EDC data changes under us.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import task
@@ -21,6 +22,25 @@ Row = dict[str, Any]
 _api_task = task(cache_policy=NO_CACHE, retries=0, log_prints=False)
 
 
+class Rows(Sequence[Row]):
+    """A listing's rows, read-only. Deliberately not a `list`: Prefect links every element of
+    a returned list to the task run, 50,000 bookkeeping calls for a large listing."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[Row]) -> None:
+        self._items = items
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def,override]
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self._items)} rows)"
+
+
 def _list(
     client: ImednetClient,
     study_key: str,
@@ -28,55 +48,57 @@ def _list(
     filter_text: str | None = None,
     record_data_filter: str | None = None,
     groups: Dnf | None = None,
-) -> list[Row]:
-    return list(
-        iter_items(
-            client,
-            study_key,
-            route,
-            filter_text=filter_text,
-            record_data_filter=record_data_filter,
-            groups=groups,
+) -> Rows:
+    return Rows(
+        list(
+            iter_items(
+                client,
+                study_key,
+                route,
+                filter_text=filter_text,
+                record_data_filter=record_data_filter,
+                groups=groups,
+            )
         )
     )
 
 
 @_api_task(name="list-studies")
-def list_studies_task(client: ImednetClient) -> list[Row]:
-    return list_studies(client)
+def list_studies_task(client: ImednetClient) -> Rows:
+    return Rows(list_studies(client))
 
 
 @_api_task(name="list-sites", task_run_name="list-sites[{study_key}]")
-def list_sites(client: ImednetClient, study_key: str) -> list[Row]:
+def list_sites(client: ImednetClient, study_key: str) -> Rows:
     return _list(client, study_key, "sites")
 
 
 @_api_task(name="list-forms", task_run_name="list-forms[{study_key}]")
-def list_forms(client: ImednetClient, study_key: str) -> list[Row]:
+def list_forms(client: ImednetClient, study_key: str) -> Rows:
     return _list(client, study_key, "forms")
 
 
 @_api_task(name="list-intervals", task_run_name="list-intervals[{study_key}]")
-def list_intervals(client: ImednetClient, study_key: str) -> list[Row]:
+def list_intervals(client: ImednetClient, study_key: str) -> Rows:
     return _list(client, study_key, "intervals")
 
 
 @_api_task(name="list-variables", task_run_name="list-variables[{study_key}]")
-def list_variables(client: ImednetClient, study_key: str) -> list[Row]:
+def list_variables(client: ImednetClient, study_key: str) -> Rows:
     return _list(client, study_key, "variables")
 
 
 @_api_task(name="list-subjects", task_run_name="list-subjects[{study_key}]")
 def list_subjects(
     client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
-) -> list[Row]:
+) -> Rows:
     return _list(client, study_key, "subjects", filter_text, groups=groups)
 
 
 @_api_task(name="list-visits", task_run_name="list-visits[{study_key}]")
 def list_visits(
     client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
-) -> list[Row]:
+) -> Rows:
     return _list(client, study_key, "visits", filter_text, groups=groups)
 
 
@@ -87,14 +109,14 @@ def list_records(
     filter_text: str | None = None,
     record_data_filter: str | None = None,
     groups: Dnf | None = None,
-) -> list[Row]:
+) -> Rows:
     return _list(client, study_key, "records", filter_text, record_data_filter, groups)
 
 
 @_api_task(name="list-queries", task_run_name="list-queries[{study_key}]")
 def list_queries(
     client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
-) -> list[Row]:
+) -> Rows:
     return _list(client, study_key, "queries", filter_text, groups=groups)
 
 

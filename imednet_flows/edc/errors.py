@@ -36,7 +36,10 @@ def explain(exc: BaseException, what: str) -> ImednetFlowsError:
             "key's study permissions in iMednet"
         )
     elif isinstance(exc, NotFoundError):
-        hint = "the API has no such resource (HTTP 404)"
+        hint = (
+            "the API has no such resource (HTTP 404); check the study key, batch id or "
+            "IMEDNET_BASE_URL (it is the origin only, e.g. https://edc.prod.imednetapi.com)"
+        )
     elif isinstance(exc, BadRequestError):
         hint = f"the API rejected the request (HTTP 400): {_api_message(exc)}"
     elif isinstance(exc, RateLimitError):
