@@ -49,7 +49,8 @@ def explain(exc: BaseException, what: str) -> ImednetFlowsError:
         )
     elif isinstance(exc, ServerError):
         hint = (
-            f"the API kept failing (HTTP {getattr(exc, 'status_code', '5xx')}) after every "
+            f"the API kept failing (HTTP {getattr(exc, 'status_code', None) or '5xx'}) after "
+            "every "
             "retry; it may be down, try again later"
         )
     elif isinstance(exc, RequestError | httpx.TransportError):
