@@ -75,9 +75,15 @@ def fresh_sdk(fresh_emulator: EmulatorServer) -> Iterator[ImednetSDK]:
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """One real, temporary Prefect API for the whole session (starting one costs ~10 s)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # Heartbeats let a server spot crashed deployment runs; in-process test runs need none,
+    # and each run would otherwise wait up to a second for the heartbeat thread to stop.
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+    ):
         yield
 
 
