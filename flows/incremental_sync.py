@@ -20,7 +20,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows.common import Concurrency, artifact_key, documented
-from imednet_flows.cache.snapshots import latest_snapshot
+from imednet_flows.cache.schema import connect
+from imednet_flows.cache.snapshots import snapshot_is_current
 from tasks.cache import snapshot_study, sync_study
 from tasks.client import imednet_client
 
@@ -122,7 +123,7 @@ def incremental_sync(
         lock.acquire()
     except Timeout:
         message = (
-            f"another sync holds {lock.lock_file} (waited {lock_timeout:.0f}s); "
+            f"another sync holds {lock.lock_file} (waited {lock_timeout:g}s); "
             "this run changed nothing"
         )
         if on_lock_timeout == "fail":
@@ -169,10 +170,9 @@ def _run(
             except Exception as exc:  # other studies still get merged and snapshotted
                 failures[key] = exc
         result.requests = client.requests
+    stale = _stale_snapshots(cache, snapshot_dir, list(result.studies))
     snapshots = {
-        key: snapshot_study.submit(str(cache), key, str(snapshot_dir), retention)
-        for key, study in result.studies.items()
-        if study["changed"] or latest_snapshot(snapshot_dir, key) is None
+        key: snapshot_study.submit(str(cache), key, str(snapshot_dir), retention) for key in stale
     }
     result.snapshots = {key: f.result() for key, f in snapshots.items()}
     if failures:
@@ -182,6 +182,17 @@ def _run(
             f"({summary}). Studies that succeeded were saved."
         ) from next(iter(failures.values()))
     return result
+
+
+def _stale_snapshots(cache: Path, snapshot_dir: Path, study_keys: list[str]) -> list[str]:
+    """Studies whose `latest` set is older than their cached data (or missing)."""
+    if not study_keys or not cache.exists():
+        return []
+    conn = connect(cache, readonly=True)
+    try:
+        return [k for k in study_keys if not snapshot_is_current(conn, snapshot_dir, k)]
+    finally:
+        conn.close()
 
 
 def _publish(result: SyncRunResult) -> None:

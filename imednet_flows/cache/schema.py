@@ -18,7 +18,7 @@ import orjson
 
 from imednet_flows.filter_syntax import BadTimestamp, format_timestamp, parse_instant
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 _CANONICAL = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -245,8 +245,18 @@ def _v1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _v2(conn: sqlite3.Connection) -> None:
+    """A data version per study, bumped by every merge that changed something, so a
+    snapshot can tell it is stale even when the run that changed the data died after
+    committing and before publishing."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS study_versions (study_key TEXT PRIMARY KEY, "
+        "version INTEGER NOT NULL) WITHOUT ROWID"
+    )
+
+
 #: Migration n brings a database from version n-1 to n. Append, never edit.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
 
 
 class SchemaTooNew(RuntimeError):

@@ -62,6 +62,7 @@ import pyarrow.parquet as pq
 
 from imednet_flows.cache.crash import crash_point
 from imednet_flows.cache.schema import QUERIES, RECORDS, SUBJECTS, VISITS, EntitySpec
+from imednet_flows.cache.store import study_version
 from imednet_flows.frames import RECORD_COLUMNS, records_table, variable_columns
 from imednet_flows.values import coerce
 
@@ -632,6 +633,7 @@ def write_snapshot(
     (tmp / "forms").mkdir(parents=True)
     conn.execute("BEGIN")
     try:
+        data_version = study_version(conn, study_key)
         variables = _variables(conn, study_key)
         plans = _plan_forms(conn, study_key, variables, previous)
         for plan in plans.values():
@@ -652,6 +654,7 @@ def write_snapshot(
         "name": name,
         "created": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "rows": result.rows,
+        "data_version": data_version,
         "forms": {key: plan.entry() for key, plan in plans.items()},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -667,6 +670,24 @@ def write_snapshot(
     result.removed = _apply_retention(study_dir, retention)
     result.seconds = time.monotonic() - started
     return result
+
+
+def snapshot_is_current(conn: sqlite3.Connection, snapshot_dir: str | Path, study_key: str) -> bool:
+    """Whether `latest` shows the cache's data as it is now. Decided from stored versions,
+    not from what the current run changed: a run killed after its commit but before its
+    snapshot leaves data newer than `latest`, and the next run must publish it. Leftovers of
+    such a run are cleared here too."""
+    study_dir = study_path(snapshot_dir, study_key)
+    if study_dir.exists():
+        _clean_leftovers(study_dir)
+    latest = latest_snapshot(snapshot_dir, study_key)
+    if latest is None:
+        return False
+    try:
+        recorded = read_manifest(latest).get("data_version")
+    except (OSError, ValueError):
+        return False
+    return recorded == study_version(conn, study_key)
 
 
 def _apply_retention(study_dir: Path, retention: int) -> list[str]:

@@ -149,3 +149,18 @@ def existing_ids(
             )
         ]
     return found
+
+
+def bump_study_version(conn: sqlite3.Connection, study_key: str) -> None:
+    conn.execute(
+        "INSERT INTO study_versions (study_key, version) VALUES (?, 1) "
+        "ON CONFLICT (study_key) DO UPDATE SET version=version+1",
+        (study_key,),
+    )
+
+
+def study_version(conn: sqlite3.Connection, study_key: str) -> int:
+    row = conn.execute(
+        "SELECT version FROM study_versions WHERE study_key=?", (study_key,)
+    ).fetchone()
+    return int(row[0]) if row else 0

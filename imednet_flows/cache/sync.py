@@ -359,6 +359,8 @@ def merge(conn: sqlite3.Connection, sync: StudySync) -> StudyResult:
                         (key, key),
                     )
             store.bump_form_versions(conn, key, changed_forms)
+            if sync.result.changed:
+                store.bump_study_version(conn, key)
             conn.execute(
                 "INSERT INTO sync_runs (study_key, started, finished, changed, summary)"
                 " VALUES (?, ?, ?, ?, ?)",
