@@ -398,12 +398,17 @@ def _merge_entity(
         f"m.{idc}=s.{idc} WHERE s.study_key=? AND m.raw<>s.raw"
     )
     group = "s.form_key" if t == "records" else "NULL"
+    first = conn.execute(f"SELECT 1 FROM main.{t} WHERE study_key=? LIMIT 1", (key,)).fetchone()
+    if first is None:  # nothing cached yet: every staged row is new, no lookups needed
+        new, diff = f"FROM stage.{t} s WHERE s.study_key=?", None
     for sql, counter in ((new, "inserted"), (diff, "updated")):
+        if sql is None:
+            continue
         rows = conn.execute(f"SELECT {group}, COUNT(*) {sql} GROUP BY 1", (key,)).fetchall()
         setattr(result, counter, sum(r[1] for r in rows))
         changed_forms |= {r[0] for r in rows if r[0]}
     result.unchanged = result.fetched + result.recovered - result.inserted - result.updated
-    if "deleted" in [c.name for c in spec.columns]:
+    if diff is not None and "deleted" in [c.name for c in spec.columns]:
         # transitions only: a row that arrives already deleted counts as new
         result.soft_deleted = conn.execute(
             f"SELECT COUNT(*) {diff} AND s.deleted=1 AND m.deleted=0", (key,)
