@@ -1,0 +1,67 @@
+"""The `imednet-flows` command: help for everything, exit codes, and `configure`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imednet_flows.cli import app
+
+runner = CliRunner()
+COMMANDS = [
+    "demo",
+    "emulator",
+    "sync",
+    "extract",
+    "subject",
+    "queries",
+    "upsert",
+    "serve",
+    "deploy",
+    "configure",
+    "cache",
+    "cache status",
+    "cache export",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [*command.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output) > 200
+
+
+def test_cache_status_without_a_cache_says_what_to_do(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["cache", "status", "--cache", str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 1
+    assert "run the sync first" in result.output
+
+
+def test_upsert_rejects_a_missing_rows_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["upsert", "--study", "K", "--rows", str(tmp_path / "x.json")])
+    assert result.exit_code == 2 and "--rows" in result.output  # usage error names the option
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_configure_stores_blocks_the_client_then_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.client import resolve_credentials
+
+    for name in ("IMEDNET_API_KEY", "IMEDNET_SECURITY_KEY", "IMEDNET_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(
+        app,
+        ["configure", "--base-url", "http://127.0.0.1:9"],
+        input="api-key-from-prompt\nsecurity-key-from-prompt\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "api-key-from-prompt" not in result.output  # prompted with hidden input
+    credentials = resolve_credentials()
+    assert (credentials.api_key, credentials.security_key, credentials.base_url) == (
+        "api-key-from-prompt",
+        "security-key-from-prompt",
+        "http://127.0.0.1:9",
+    )
+    assert "api-key-from-prompt" not in repr(credentials)
