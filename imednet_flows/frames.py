@@ -84,8 +84,9 @@ def records_table(
 ) -> pa.Table:
     """One row per record; variables of forms in `form_keys` (all when None) as typed columns.
 
-    Only the values a record actually has are coerced (a study's forms share few variables,
-    so most cells of the union are empty): columns start as None and are filled per key.
+    Only the values a record actually has are touched (a study's forms share few variables,
+    so most cells of the union are empty): columns start as None, are filled per key, and
+    are then cast column by column.
     """
     columns = variable_columns(variables, form_keys)
     arrays: dict[str, Any] = {}
@@ -101,8 +102,22 @@ def records_table(
         for key, value in (record.get("recordData") or {}).items():
             target = by_key.get(key)
             if target is not None and value is not None and value != "":
-                target[1][index] = coerce(value, target[0])
+                target[1][index] = value
+    for name, vtype in columns:
+        arrays[name] = typed_column(arrays[name], vtype)
     fields = [pa.field(n, t) for n, t in RECORD_COLUMNS] + [
         pa.field(n, arrow_type(t)) for n, t in columns
     ]
     return pa.Table.from_pydict(arrays, schema=pa.schema(fields))
+
+
+def typed_column(values: list[Any], variable_type: str) -> pa.Array:
+    """Values as read (strings) cast by Arrow in one call; a column holding anything Arrow
+    will not cast (typed JSON echoed back, '12.0', stray text) goes value by value through
+    `coerce`, which turns what does not fit into None."""
+    kind = arrow_type(variable_type)
+    try:
+        raw = pa.array(values, pa.string())
+        return raw if kind == pa.string() else raw.cast(kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return pa.array([coerce(v, variable_type) for v in values], kind)
