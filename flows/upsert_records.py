@@ -18,18 +18,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows.common import Concurrency, StudyKey, artifact_key, documented
-from imednet_flows.edc.batches import (
-    SUCCESS_STATE,
-    JobTimeout,
-    PostOutcome,
-    RecordItem,
-    detect_mode,
-    job_state,
-    validate_batch,
-)
+from imednet_flows.edc.batches import SUCCESS_STATE, JobTimeout, PostOutcome, job_state
 from imednet_flows.edc.client import ImednetClient
 from imednet_flows.edc.criteria import restricted
 from imednet_flows.edc.errors import ImednetFlowsError
+from imednet_flows.edc.validation import RecordItem, detect_mode, validate_batch
 from tasks.api import list_forms, list_intervals, list_sites, list_subjects, list_variables
 from tasks.client import imednet_client
 from tasks.records import create_records, wait_for_job

@@ -13,8 +13,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from imednet_flows.edc import batches
-from imednet_flows.edc.batches import PostOutcome, RecordItem
+from imednet_flows.edc.batches import PostOutcome
 from imednet_flows.edc.client import ImednetClient
+from imednet_flows.edc.validation import RecordItem
 
 _records_task = task(cache_policy=NO_CACHE, retries=0, log_prints=False)
 

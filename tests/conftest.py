@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 
@@ -105,3 +106,19 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry waits in milliseconds; the one test of the real schedule unsets this."""
     monkeypatch.setenv("IMEDNET_FLOWS_BACKOFF_BASE", "0.01")
     monkeypatch.setenv("IMEDNET_FLOWS_BACKOFF_MAX", "0.05")
+
+
+@pytest.fixture
+def clean_stored_credentials() -> Iterator[None]:
+    """Secret blocks and the Variable live in the session's Prefect API: a test that stores
+    them removes them, or later tests would find keys they did not expect."""
+    yield
+    from prefect.blocks.system import Secret
+    from prefect.variables import Variable
+
+    from tasks.client import API_KEY_BLOCK, BASE_URL_VARIABLE, SECURITY_KEY_BLOCK
+
+    for block in (API_KEY_BLOCK, SECURITY_KEY_BLOCK):
+        with contextlib.suppress(ValueError):
+            Secret.delete(block)
+    Variable.unset(BASE_URL_VARIABLE)

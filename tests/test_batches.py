@@ -10,21 +10,17 @@ from typing import Any
 
 import pytest
 
-from imednet_flows.edc.batches import (
-    JobTimeout,
-    Mode,
-    RecordItem,
-    data_contains,
-    detect_mode,
-    landed_rows,
-    post_batch,
-    validate_batch,
-    value_problem,
-    values_match,
-    wait_for_job,
-)
+from imednet_flows.edc.batches import JobTimeout, post_batch, wait_for_job
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.edc.errors import ImednetFlowsError
+from imednet_flows.edc.landing import data_contains, landed_rows, values_match
+from imednet_flows.edc.validation import (
+    Mode,
+    RecordItem,
+    detect_mode,
+    validate_batch,
+    value_problem,
+)
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, Emulator, EmulatorServer
 from tests.conftest import SMALL
 

@@ -45,7 +45,7 @@ def test_upsert_rejects_a_missing_rows_file(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--rows" in result.output  # usage error names the option
 
 
-@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.usefixtures("prefect_api", "clean_stored_credentials")
 def test_configure_stores_blocks_the_client_then_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.client import resolve_credentials
 

@@ -1,0 +1,212 @@
+"""Whether the rows of an interrupted POST /records are in the study.
+
+When a POST gets no answer the API may have applied it anyway, and resending blindly
+writes the rows twice. So the target records are read back and compared with what was
+posted; only the rows found missing may be sent again, and rows that cannot be told
+apart from missing ones are reported instead of guessed.
+
+Pure functions over records already read: the reading is done in `batches`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from imednet_flows.edc.validation import (
+    FORM_FIELDS,
+    RECORD_FIELDS,
+    SUBJECT_FIELDS,
+    Mode,
+    RecordItem,
+)
+from imednet_flows.filter_syntax import FilterError, parse_timestamp
+
+Row = dict[str, Any]
+
+
+def values_match(posted: Any, seen: Any) -> bool:
+    """Whether a read-back value is the posted one. The emulator echoes typed JSON as
+    posted; an API that returns everything as strings ("5", "true") matches too."""
+    if posted is None or posted == "":
+        return seen is None or seen == ""
+    if isinstance(posted, bool):
+        if isinstance(seen, bool):
+            return seen is posted
+        return isinstance(seen, str) and seen.strip().lower() == str(posted).lower()
+    if isinstance(posted, int | float):
+        if isinstance(seen, bool):
+            return False
+        if isinstance(seen, int | float):
+            return seen == posted
+        return isinstance(seen, str) and _as_float(seen) == float(posted)
+    if isinstance(posted, str) and isinstance(seen, int | float) and not isinstance(seen, bool):
+        return _as_float(posted) == float(seen)
+    return bool(seen == posted)
+
+
+def _as_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def data_contains(record_data: Mapping[str, Any] | None, posted: Mapping[str, Any]) -> bool:
+    data = record_data or {}
+    return all(name in data and values_match(v, data[name]) for name, v in posted.items())
+
+
+def at_or_after(stamp: Any, since: datetime) -> bool | None:
+    """None when the API gave no usable timestamp: then nothing can be concluded."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        return parse_timestamp(stamp) >= since
+    except FilterError:
+        return None
+
+
+@dataclass(frozen=True)
+class Landing:
+    """Which rows (indexes into the list checked) are in the study, and which cannot be
+    told apart from rows that are not."""
+
+    landed: frozenset[int]
+    undecidable: frozenset[int]
+
+
+def _matches(record: Row, refs: list[tuple[str, Any]]) -> bool:
+    return all(record.get(attr) == value for attr, value in refs)
+
+
+def landed_rows(
+    items: list[RecordItem],
+    records: list[Row],
+    since: datetime,
+    interval_ids: Mapping[str, int] | None = None,
+) -> Landing:
+    """Compare what was posted with records read back after an interrupted POST.
+
+    Rows aimed at the same record (same recordId, or the same subject/form/interval slot)
+    are judged together against their merged data, later rows winning, because that is
+    what the record shows once they are applied. A new record is one-to-one: each record
+    created since the POST began can account for one row only.
+    """
+    live = [r for r in records if not r.get("deleted")]
+    landed: set[int] = set()
+    undecidable: set[int] = set()
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    new_rows: list[int] = []
+    for i, item in enumerate(items):
+        mode = item.mode
+        if mode is Mode.REGISTER:
+            undecidable.add(i)  # no subject key: nothing to find the new subject by
+        elif mode is Mode.NEW_RECORD:
+            new_rows.append(i)
+        else:
+            key = _slot_key(item, interval_ids or {})
+            if key is None:
+                undecidable.add(i)
+            else:
+                groups.setdefault(key, []).append(i)
+    claimed: set[int] = set()
+    for key, members in groups.items():
+        merged: dict[str, Any] = {}
+        for i in members:
+            merged.update(items[i].data)
+        verdict = _slot_landed(key, live, merged, since)
+        if verdict is None:
+            undecidable.update(members)
+        elif verdict is not False:
+            landed.update(members)
+            claimed.add(verdict)
+    matched, unknown = _match_new_records(items, new_rows, live, since, claimed)
+    return Landing(frozenset(landed | matched), frozenset(undecidable | unknown))
+
+
+def _slot_key(item: RecordItem, interval_ids: Mapping[str, int]) -> tuple[Any, ...] | None:
+    """What identifies the target record: its id/oid, or subject+form+interval."""
+    if item.mode is Mode.UPDATE_EXISTING:
+        return ("record", *item.refs(*RECORD_FIELDS))
+    interval_id = item.interval_id
+    if interval_id is None:
+        interval_id = interval_ids.get(str(item.interval_name))
+        if interval_id is None:
+            return None
+    return (
+        "slot",
+        tuple(item.refs(*SUBJECT_FIELDS)),
+        tuple(item.refs(*FORM_FIELDS)),
+        ("intervalId", interval_id),
+    )
+
+
+def _slot_landed(
+    key: tuple[Any, ...], live: list[Row], merged: dict[str, Any], since: datetime
+) -> int | bool | None:
+    """The recordId that shows the merged data, False if none does, None if unknown."""
+    if key[0] == "record":
+        candidates = [r for r in live if _matches(r, list(key[1:]))]
+    else:
+        refs = [*key[1], *key[2], key[3]]
+        candidates = [r for r in live if _matches(r, refs)]
+    unsure = False
+    for record in candidates:
+        if not data_contains(record.get("recordData"), merged):
+            continue
+        fresh = at_or_after(record.get("dateModified"), since)
+        if fresh:
+            return int(record["recordId"])
+        unsure = unsure or fresh is None
+    return None if unsure else False
+
+
+def _match_new_records(
+    items: list[RecordItem],
+    rows: list[int],
+    live: list[Row],
+    since: datetime,
+    claimed: set[int],
+) -> tuple[set[int], set[int]]:
+    """A maximum matching rows -> records created since the POST began (Kuhn's algorithm):
+    greedy matching could give row A the record that only row B's data fits."""
+    options: dict[int, list[int]] = {}
+    unknown: set[int] = set()
+    for i in rows:
+        item = items[i]
+        refs = [*item.refs(*SUBJECT_FIELDS), *item.refs(*FORM_FIELDS)]
+        options[i] = []
+        for record in live:
+            if record["recordId"] in claimed or not _matches(record, refs):
+                continue
+            if not data_contains(record.get("recordData"), item.data):
+                continue
+            fresh = at_or_after(record.get("dateCreated"), since)
+            if fresh is None:
+                unknown.add(i)
+            elif fresh:
+                options[i].append(int(record["recordId"]))
+    owner: dict[int, int] = {}
+
+    def assign(i: int, seen: set[int]) -> bool:
+        for record_id in options[i]:
+            if record_id in seen:
+                continue
+            seen.add(record_id)
+            if record_id not in owner or assign(owner[record_id], seen):
+                owner[record_id] = i
+                return True
+        return False
+
+    matched = {i for i in rows if assign(i, set())}
+    return matched, unknown - matched
+
+
+def since_for(moment: datetime) -> datetime:
+    """The API's dates have one-second resolution: a POST that began at 12:00:00.9 may have
+    its records stamped 12:00:00, so comparisons start at the whole second."""
+    utc = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return utc.replace(microsecond=0)
