@@ -40,7 +40,15 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from _emulator_process import AUTH_HEADERS, EmulatorProcess, log, sigterm_as_interrupt
+from _emulator_process import (
+    AUTH_HEADERS,
+    EmulatorProcess,
+    log,
+    positive,
+    sigterm_as_interrupt,
+    table_row,
+    verdict,
+)
 from imednet import ImednetSDK
 from imednet.core.paginator import Paginator
 from imednet.models.records import Record
@@ -322,10 +330,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _verdict(ok: bool) -> str:
-    return "ok" if ok else "MISS"
-
-
 def render(results: dict[str, Any]) -> str:
     """A compact table: one line per number, with the target and verdict where there is one."""
     cfg, start = results["config"], results["startup"]
@@ -342,13 +346,13 @@ def render(results: dict[str, Any]) -> str:
             "RSS after seed (VmRSS / VmHWM)",
             f"{m0['VmRSS']:,.0f} / {m0['VmHWM']:,.0f} MiB",
             "< 2048 MiB",
-            _verdict(m0["VmHWM"] < RSS_TARGET_MIB),
+            verdict(m0["VmHWM"] < RSS_TARGET_MIB),
         ),
         (
             "RSS at end (VmRSS / VmHWM)",
             f"{m1['VmRSS']:,.0f} / {m1['VmHWM']:,.0f} MiB",
             "< 2048 MiB",
-            _verdict(peak < RSS_TARGET_MIB),
+            verdict(peak < RSS_TARGET_MIB),
         ),
         (
             "first request after start (cold cache)",
@@ -360,7 +364,7 @@ def render(results: dict[str, Any]) -> str:
             f"first page warm, median of {warm['n']} (p95)",
             f"{warm['median_ms']:.1f} ms ({warm['p95_ms']:.1f})",
             "< 100 ms",
-            _verdict(warm["median_ms"] < FIRST_PAGE_TARGET_MS),
+            verdict(warm["median_ms"] < FIRST_PAGE_TARGET_MS),
         ),
         ("  server handler, median", f"{warm['server_median_ms']:.1f} ms", "", ""),
         (
@@ -374,14 +378,14 @@ def render(results: dict[str, Any]) -> str:
             f"first page cold after mutation, median of {cold['n']} (max)",
             f"{cold['median_ms']:.1f} ms ({cold['max_ms']:.1f})",
             "< 100 ms",
-            _verdict(cold["median_ms"] < FIRST_PAGE_TARGET_MS),
+            verdict(cold["median_ms"] < FIRST_PAGE_TARGET_MS),
         ),
         ("  server handler, median", f"{cold['server_median_ms']:.1f} ms", "", ""),
         (
             f"  same, dateModified filter, median of {cold_wm['n']} (max)",
             f"{cold_wm['median_ms']:.1f} ms ({cold_wm['max_ms']:.1f})",
             "< 100 ms",
-            _verdict(cold_wm["median_ms"] < FIRST_PAGE_TARGET_MS),
+            verdict(cold_wm["median_ms"] < FIRST_PAGE_TARGET_MS),
         ),
         ("  server handler, median", f"{cold_wm['server_median_ms']:.1f} ms", "", ""),
         ("page body at size 500", f"{fp['page_bytes'] / 1024:,.0f} KiB", "", ""),
@@ -447,8 +451,8 @@ def render(results: dict[str, Any]) -> str:
         f"Python {cfg['python']}, {cfg['cpus']} CPUs"
     )
     rule = "-" * (sum(widths) + 6)
-    lines = [title, rule, _row(header, widths), rule]
-    lines += [_row(r, widths) for r in rows]
+    lines = [title, rule, table_row(header, widths), rule]
+    lines += [table_row(r, widths) for r in rows]
     lines.append(rule)
     lines += notes(results)
     return "\n".join(lines)
@@ -472,21 +476,10 @@ def notes(results: dict[str, Any]) -> list[str]:
     return out
 
 
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]:<{widths[2]}}  {cells[3]}"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--records", type=_positive, default=200_000, help="records in the study (default 200000)"
+        "--records", type=positive, default=200_000, help="records in the study (default 200000)"
     )
     parser.add_argument("--study", default="BENCH", help="study key to seed")
     parser.add_argument("--intervals", type=int, default=8, help="visits per subject")

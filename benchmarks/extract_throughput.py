@@ -48,15 +48,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
-from _emulator_process import AUTH_HEADERS, EmulatorProcess, log, sigterm_as_interrupt
+from _emulator_process import (
+    AUTH_HEADERS,
+    EmulatorProcess,
+    environment,
+    log,
+    positive,
+    sigterm_as_interrupt,
+    table_row,
+    verdict,
+)
 
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorClient, StudySpec
 
@@ -86,21 +94,6 @@ def server_seconds(admin: EmulatorClient, path_suffix: str = "/records") -> list
 
 def rate(records: int, seconds: float) -> dict[str, float]:
     return {"seconds": seconds, "records": records, "records_per_s": records / seconds}
-
-
-@contextmanager
-def environment(updates: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for a block and restore the caller's values afterwards."""
-    previous = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def prefect_environment(home: Path) -> contextlib.AbstractContextManager[None]:
@@ -565,13 +558,13 @@ def render(results: dict[str, Any]) -> str:
             "A / (C + B)",
             f"{ver['A_over_C_plus_B']['value']:.2f}",
             ver["A_over_C_plus_B"]["target"],
-            _verdict(ver["A_over_C_plus_B"]["ok"]),
+            verdict(ver["A_over_C_plus_B"]["ok"]),
         ),
         (
             "A / D",
             f"{ver['A_over_D']['value']:.2f}",
             ver["A_over_D"]["target"],
-            _verdict(ver["A_over_D"]["ok"]),
+            verdict(ver["A_over_D"]["ok"]),
         ),
     ]
     if "no_heartbeat" in pf:
@@ -634,7 +627,14 @@ def render(results: dict[str, Any]) -> str:
         f"Python {cfg['python']}, {cfg['cpus']} CPUs"
     )
     rule = "-" * (sum(widths) + 6)
-    lines = [title, rule, _row(header, widths), rule, *(_row(r, widths) for r in rows), rule]
+    lines = [
+        title,
+        rule,
+        table_row(header, widths),
+        rule,
+        *(table_row(r, widths) for r in rows),
+        rule,
+    ]
     if "profile" in results:
         prof = results["profile"]
         lines += _profile_lines(
@@ -712,34 +712,19 @@ def _secs_rate(seconds: float, records: int) -> str:
     return f"{seconds:.2f} s  {records / seconds:,.0f} rec/s"
 
 
-def _verdict(ok: bool) -> str:
-    return "ok" if ok else "MISS"
-
-
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]:<{widths[2]}}  {cells[3]}"
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--records", type=_positive, default=50_000, help="records in the study (default 50000)"
+        "--records", type=positive, default=50_000, help="records in the study (default 50000)"
     )
     parser.add_argument("--study", default="BENCH", help="study key to seed")
-    parser.add_argument("--intervals", type=_positive, default=8, help="visits per subject")
-    parser.add_argument("--forms-per-interval", type=_positive, default=5, help="records/visit")
+    parser.add_argument("--intervals", type=positive, default=8, help="visits per subject")
+    parser.add_argument("--forms-per-interval", type=positive, default=5, help="records/visit")
     parser.add_argument(
-        "--empty-runs", type=_positive, default=6, help="empty flow runs (1st is cold)"
+        "--empty-runs", type=positive, default=6, help="empty flow runs (1st is cold)"
     )
     parser.add_argument(
-        "--repeat", type=_positive, default=3, help="passes of C and D; the median is used"
+        "--repeat", type=positive, default=3, help="passes of C and D; the median is used"
     )
     parser.add_argument(
         "--skip-heartbeat-probe",

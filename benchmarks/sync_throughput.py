@@ -57,8 +57,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -68,9 +68,13 @@ import orjson
 from _emulator_process import (
     AUTH_HEADERS,
     EmulatorProcess,
+    environment,
     log,
+    positive,
     read_memory_mib,
     sigterm_as_interrupt,
+    table_row,
+    verdict,
 )
 
 from imednet_flows.cache.schema import ENTITIES, INCREMENTAL, STRUCTURE
@@ -118,21 +122,6 @@ def _ensure_project_importable() -> None:
     when the project is not installed in the venv (the script runs from benchmarks/)."""
     if str(PROJECT_ROOT) not in sys.path:
         sys.path.insert(1, str(PROJECT_ROOT))
-
-
-@contextmanager
-def patched_environ(updates: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block, restoring the caller's values afterwards."""
-    previous = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def records_path(study: str, route: str) -> str:
@@ -666,7 +655,7 @@ def run(args: argparse.Namespace, launcher: Launcher) -> dict[str, Any]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     try:
-        with patched_environ(prefect_env):
+        with environment(prefect_env):
             import prefect.settings
             from prefect.testing.utilities import prefect_test_harness
 
@@ -690,14 +679,6 @@ def run(args: argparse.Namespace, launcher: Launcher) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- report
-
-
-def _verdict(ok: bool) -> str:
-    return "ok" if ok else "MISS"
-
-
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return f"{cells[0]:<{widths[0]}}  {cells[1]:>{widths[1]}}  {cells[2]:<{widths[2]}}  {cells[3]}"
 
 
 def _short_n(n: int) -> str:
@@ -757,7 +738,7 @@ def _size_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "  full: (wall - start-up - snapshot) / raw",
             f"{v['full_ratio']['value']:.2f}",
             f"<= {FULL_RATIO_TARGET}",
-            _verdict(v["full_ratio"]["ok"]),
+            verdict(v["full_ratio"]["ok"]),
         ),
     ]
     ch = delta["changes"]["records"]
@@ -767,7 +748,7 @@ def _size_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"  delta ({ch} edits): GETs {name}",
                 f"{t['gets']}" + (f" {t['paths']}" if "paths" in t else ""),
                 f"<= {t['target']}",
-                _verdict(t["ok"]),
+                verdict(t["ok"]),
             )
         )
     rec_fetched = delta["result"]["studies"][s["study"]]["entities"]["records"]["fetched"]
@@ -782,7 +763,7 @@ def _size_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "  delta: (wall - snapshot) / full's",
             f"{v['delta_share']['value']:.3f}",
             f"<= {DELTA_SHARE_TARGET}",
-            _verdict(v["delta_share"]["ok"]),
+            verdict(v["delta_share"]["ok"]),
         ),
         (
             "    same without start-up (fetch only)",
@@ -794,7 +775,7 @@ def _size_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"  + {len(deletes['deleted_ids'])} hard deletes: GETs finding them",
             f"{deletes['reconcile_gets']} (run +{deletes['extra_vs_delta_run']} vs delta)",
             f"<= {deletes['extra_target']}",
-            _verdict(v["delete_gets"]["ok"]),
+            verdict(v["delete_gets"]["ok"]),
         ),
         (
             "    flow wall (snapshot)",
@@ -806,13 +787,13 @@ def _size_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             "  idle cycle: GETs (flow wall)",
             f"{idle['gets']['total']} ({idle['flow_wall_s']:.2f} s)",
             f"<= {IDLE_GETS_TARGET}",
-            _verdict(v["idle_gets"]["ok"]),
+            verdict(v["idle_gets"]["ok"]),
         ),
         (
             "  full sync peak RSS: VmHWM / ru_maxrss",
             f"{full['vm_hwm_mib']:.0f} / {full['ru_maxrss_mib']:.0f} MiB",
             f"< {RSS_TARGET_MIB:.0f} MiB",
-            _verdict(v["peak_rss"]["ok"]),
+            verdict(v["peak_rss"]["ok"]),
         ),
         (
             "    VmHWM before the sync (after empty runs)",
@@ -837,7 +818,7 @@ def render(results: dict[str, Any]) -> str:
             f"peak RSS {_short_n(large['records'])} / {_short_n(small['records'])}",
             f"{results['rss_scale']['value']:.2f}",
             f"<= {RSS_SCALE_TARGET}",
-            _verdict(results["rss_scale"]["ok"]),
+            verdict(results["rss_scale"]["ok"]),
         )
     )
     header = ("metric", "value", "target", "")
@@ -847,7 +828,14 @@ def render(results: dict[str, Any]) -> str:
         f"{cfg['forms_per_interval']} forms), Python {cfg['python']}, {cfg['cpus']} CPUs"
     )
     rule = "-" * (sum(widths) + 6)
-    lines = [title, rule, _row(header, widths), rule, *(_row(r, widths) for r in rows), rule]
+    lines = [
+        title,
+        rule,
+        table_row(header, widths),
+        rule,
+        *(table_row(r, widths) for r in rows),
+        rule,
+    ]
     for s in (small, large):
         if "profile" in s:
             lines += _profile_lines(s)
@@ -883,13 +871,6 @@ def _profile_lines(s: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------- main
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
@@ -899,16 +880,16 @@ def _share(text: str) -> float:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--records-small", type=_positive, default=50_000, help="default 50000")
-    parser.add_argument("--records-large", type=_positive, default=200_000, help="default 200000")
-    parser.add_argument("--intervals", type=_positive, default=8, help="visits per subject")
-    parser.add_argument("--forms-per-interval", type=_positive, default=5, help="records/visit")
+    parser.add_argument("--records-small", type=positive, default=50_000, help="default 50000")
+    parser.add_argument("--records-large", type=positive, default=200_000, help="default 200000")
+    parser.add_argument("--intervals", type=positive, default=8, help="visits per subject")
+    parser.add_argument("--forms-per-interval", type=positive, default=5, help="records/visit")
     parser.add_argument(
         "--delta-share", type=_share, default=0.001, help="records edited per delta (0.001)"
     )
-    parser.add_argument("--hard-deletes", type=_positive, default=10, help="records deleted")
+    parser.add_argument("--hard-deletes", type=positive, default=10, help="records deleted")
     parser.add_argument(
-        "--empty-runs", type=_positive, default=4, help="empty flow runs per child (1st cold)"
+        "--empty-runs", type=positive, default=4, help="empty flow runs per child (1st cold)"
     )
     parser.add_argument("--start-timeout", type=float, default=900.0, help="emulator start, s")
     parser.add_argument("--profile", action="store_true", help="profile even if targets are met")
