@@ -19,11 +19,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import orjson
 
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorClient
 
@@ -201,3 +203,16 @@ def environment(updates: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def run_main(
+    results_of: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str], as_json: bool
+) -> int:
+    """Run a benchmark (SIGTERM stops it cleanly) and print its table or its JSON."""
+    with sigterm_as_interrupt():
+        results = results_of()
+    if as_json:
+        sys.stdout.write(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(render(results))
+    return 0

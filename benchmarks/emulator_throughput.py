@@ -45,7 +45,7 @@ from _emulator_process import (
     EmulatorProcess,
     log,
     positive,
-    sigterm_as_interrupt,
+    run_main,
     table_row,
     verdict,
 )
@@ -494,13 +494,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with sigterm_as_interrupt():
-        results = run(args)
-    if args.json:
-        sys.stdout.write(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print(render(results))
-    return 0
+    return run_main(lambda: run(args), render, args.json)
 
 
 if __name__ == "__main__":

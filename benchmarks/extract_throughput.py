@@ -54,14 +54,13 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import orjson
 from _emulator_process import (
     AUTH_HEADERS,
     EmulatorProcess,
     environment,
     log,
     positive,
-    sigterm_as_interrupt,
+    run_main,
     table_row,
     verdict,
 )
@@ -739,13 +738,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with sigterm_as_interrupt():
-        results = run(args)
-    if args.json:
-        sys.stdout.write(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print(render(results))
-    return 0
+    return run_main(lambda: run(args), render, args.json)
 
 
 if __name__ == "__main__":

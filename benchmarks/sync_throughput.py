@@ -72,7 +72,7 @@ from _emulator_process import (
     log,
     positive,
     read_memory_mib,
-    sigterm_as_interrupt,
+    run_main,
     table_row,
     verdict,
 )
@@ -906,15 +906,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     launcher = Launcher()
     launcher.start()  # first, while this process is still small (see LAUNCHER_CODE)
     try:
-        with sigterm_as_interrupt():
-            results = run(args, launcher)
+        return run_main(lambda: run(args, launcher), render, args.json)
     finally:
         launcher.close()
-    if args.json:
-        sys.stdout.write(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print(render(results))
-    return 0
 
 
 if __name__ == "__main__":

@@ -135,7 +135,6 @@ class StudySync:
         self.stage.execute("BEGIN")
         # A first run has no cache yet: nothing is created until the merge.
         self.main = connect(cache_path, readonly=True) if cache_path.exists() else None
-        self.watermarks: dict[str, str | None] = {}
 
     # -- fetching ---------------------------------------------------------------------
     def _get(self, route: str, params: dict[str, Any], what: str) -> dict[str, Any]:

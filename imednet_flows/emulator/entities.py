@@ -169,5 +169,3 @@ ENTITIES: dict[str, Entity] = {
 
 #: Study-scoped list routes, i.e. everything under /studies/{studyKey}/.
 STUDY_ROUTES = tuple(r for r in ENTITIES if r != "studies")
-#: Tables that hold one row per id and can be mutated (everything but the study itself).
-TABLES = tuple(ENTITIES[r].table for r in STUDY_ROUTES)

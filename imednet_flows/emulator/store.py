@@ -93,9 +93,6 @@ class StudyStore:
         for table in tables:
             self.versions[table] += 1
 
-    def live_ids(self, table: str) -> list[Any]:
-        return list(self.tables[table])
-
 
 class QueryError(ValueError):
     """A list request the API answers with 400 (bad filter, sort or paging)."""
