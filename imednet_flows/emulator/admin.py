@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from imednet_flows.emulator.entities import ENTITIES
+from imednet_flows.emulator.quirks import Quirks
 from imednet_flows.emulator.seed import StudySpec
 from imednet_flows.emulator.wire import Request, Response
 
@@ -53,6 +54,8 @@ def _route(emulator: Emulator, method: str, segs: list[str], body: Any) -> tuple
             for name, value in body.items():
                 if name in ("api_key", "security_key") or not hasattr(emulator.config, name):
                     raise ValueError(f"config field {name!r} cannot be set here")
+                if name == "quirks":
+                    value = Quirks.from_json(value)
                 setattr(emulator.config, name, value)
             return 200, {"ok": True}
         case "POST", ["studies"]:

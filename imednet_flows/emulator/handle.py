@@ -17,6 +17,7 @@ from imednet_flows.emulator.entities import ENTITIES
 from imednet_flows.emulator.faults import FaultBoard, FaultRule
 from imednet_flows.emulator.jobs import TERMINAL, Job, advance
 from imednet_flows.emulator.mutations import MUTATIONS
+from imednet_flows.emulator.quirks import Quirks
 from imednet_flows.emulator.seed import StudySpec
 from imednet_flows.emulator.store import EmulatorState, StudyStore
 
@@ -35,6 +36,8 @@ class EmulatorConfig:
     unknown_study_status: int = 403
     #: Emit Role dates as the spec's int arrays (which SDK 0.5.0 cannot parse).
     strict_role_dates: bool = False
+    #: Deliberate breaks of what the sync assumes of the API (see `quirks.Quirks`).
+    quirks: Quirks = field(default_factory=Quirks)
 
 
 @dataclass
