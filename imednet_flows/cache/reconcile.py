@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from imednet_flows.edc.server_checks import check_split
+
 #: Largest range listed outright; one page of the API.
 LEAF_ROWS = 200
 
@@ -75,6 +77,7 @@ def _walk(
         mid = lo + 1
     left_n = server_count(lo, mid - 1)
     out.requests += 1
+    check_split(left_n, lo, mid - 1, server_n, lo, hi, id_field)
     split = bisect.bisect_left(ids, mid)
     _walk(ids[:split], lo, mid - 1, left_n, server_count, server_rows, id_field, leaf_rows, out)
     _walk(
