@@ -41,6 +41,7 @@ from imednet_flows.edc.server_checks import (
     check_since,
     check_split,
     check_timestamp,
+    inspect_listing,
 )
 from imednet_flows.emulator import (
     DEMO_API_KEY,
@@ -131,6 +132,16 @@ def test_the_error_names_the_assumption_the_request_and_what_to_do() -> None:
 def test_an_envelope_without_usable_pagination_fails(payload: Any, match: str) -> None:
     with fails(TOTALS, match):
         check_listing(payload, ASKED, now=NOW)
+
+
+def test_inspecting_a_response_lists_every_assumption_it_breaks() -> None:
+    """What the doctor uses: independent checks still run after one failed."""
+    found: list[ServerContractError] = []
+    payload = envelope(rows(1, 2), total=5, size=100, timestamp="2026-01-02 14:00:00")
+    listing = inspect_listing(payload, ASKED, found.append, "recordId", now=NOW)
+    assert [e.check for e in found] == [PAGE_SIZE, TOTALS, CLOCK]
+    assert listing is not None and listing.server_now is None and len(listing.items) == 2
+    assert inspect_listing([], ASKED, found.append, now=NOW) is None
 
 
 def test_page_size_must_be_the_size_asked() -> None:
@@ -244,7 +255,7 @@ def test_a_range_count_never_exceeds_the_range_it_was_split_from() -> None:
 
 def test_a_leaf_listing_holds_every_row_it_counts() -> None:
     check_complete(check_listing(envelope(rows(1, 2)), ASKED, now=NOW))
-    truncated = Listing(rows(*range(500)), 2, 600, "2026-01-02 12:00:00", ASKED)
+    truncated = Listing(rows(*range(500)), 2, 600, ASKED, "2026-01-02 12:00:00")
     with fails(ID_FILTER, "counted 600 rows but sent 500 on a page of 500"):
         check_complete(truncated)
 
@@ -342,7 +353,7 @@ def cache_state(cache_path: Path) -> dict[str, list[tuple[Any, ...]]]:
 BROKEN: dict[str, tuple[Quirks, str]] = {
     "timestamp missing": (Quirks(timestamp="missing"), r"\(server clock\).*without metadata"),
     "timestamp garbage": (Quirks(timestamp="garbage"), r"\(server clock\).*not a timestamp"),
-    "clock ahead": (Quirks(clock_offset=3600), r"\(server clock\).*3600 s ahead"),
+    "clock ahead": (Quirks(clock_offset=3600), r"\(server clock\).*s ahead of this machine"),
     "clock behind (local time)": (
         Quirks(clock_offset=-3600),
         r"\(server clock\).*records.*modified later.*recordId",

@@ -17,11 +17,11 @@ paging when totals shrink), so no check compares two listings of the same rows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 from imednet_flows.cache.schema import canonical_ts
 from imednet_flows.edc.errors import ImednetFlowsError
@@ -42,6 +42,8 @@ TOTALS = "totals match pages"
 PAGE_SIZE = "page size honoured"
 SINCE = "dateModified>= honoured"
 ID_FILTER = "id filters honoured"
+
+_T = TypeVar("_T")
 
 ADVICE = (
     "Nothing from this run was saved and no watermark moved. Run `imednet-flows doctor "
@@ -100,9 +102,10 @@ class Listing:
     items: list[dict[str, Any]]
     total_pages: int
     total_elements: int
-    #: `metadata.timestamp` as canonical UTC ('YYYY-MM-DD HH:MM:SS').
-    server_now: str
     asked: Asked
+    #: `metadata.timestamp` as canonical UTC ('YYYY-MM-DD HH:MM:SS'); None only from
+    #: `inspect_listing` when the clock check failed.
+    server_now: str | None
 
 
 def check_listing(
@@ -113,6 +116,50 @@ def check_listing(
     max_ahead: float = MAX_CLOCK_AHEAD,
 ) -> Listing:
     """Every per-response assumption: envelope, page size, totals, the server's clock."""
+    listing = inspect_listing(payload, asked, _raise, id_field, now, max_ahead)
+    assert listing is not None  # every failure raised
+    return listing
+
+
+def inspect_listing(
+    payload: Any,
+    asked: Asked,
+    failed: Callable[[ServerContractError], None],
+    id_field: str | None = None,
+    now: datetime | None = None,
+    max_ahead: float = MAX_CLOCK_AHEAD,
+) -> Listing | None:
+    """The same checks, each failure handed to `failed`; checks that do not depend on a
+    failed one still run, so `imednet-flows doctor` can list every assumption a response
+    breaks. None when the envelope is unusable."""
+
+    def attempt(check: Callable[..., _T], *args: Any) -> _T | None:
+        try:
+            return check(*args)
+        except ServerContractError as error:
+            failed(error)
+            return None
+
+    envelope = attempt(check_envelope, payload, asked)
+    if envelope is not None:
+        items, total_pages, total, size = envelope
+        attempt(check_page_size, size, len(items), asked)
+        attempt(check_totals, total_pages, total, size, len(items), asked)
+    metadata = payload.get("metadata") if isinstance(payload, dict) else None
+    server_now = attempt(check_timestamp, metadata, asked, now, max_ahead)
+    if envelope is None:
+        return None
+    if server_now is not None:
+        attempt(check_rows_not_after, items, server_now, asked, id_field)
+    return Listing(items, total_pages, total, asked, server_now)
+
+
+def _raise(error: ServerContractError) -> NoReturn:
+    raise error
+
+
+def check_envelope(payload: Any, asked: Asked) -> tuple[list[dict[str, Any]], int, int, int]:
+    """The rows, totalPages, totalElements and size of a list response."""
     if not isinstance(payload, dict):
         raise ServerContractError(
             TOTALS, str(asked), f"answered a {type(payload).__name__}, not a list envelope"
@@ -121,11 +168,7 @@ def check_listing(
     if not isinstance(items, list):
         raise ServerContractError(TOTALS, str(asked), "answered without a data list")
     total_pages, total, size = check_pagination(payload.get("pagination"), asked)
-    check_page_size(size, len(items), asked)
-    check_totals(total_pages, total, size, len(items), asked)
-    server_now = check_timestamp(payload.get("metadata"), asked, now, max_ahead)
-    check_rows_not_after(items, server_now, asked, id_field)
-    return Listing(items, total_pages, total, server_now, asked)
+    return items, total_pages, total, size
 
 
 def check_pagination(pagination: Any, asked: Asked) -> tuple[int, int, int]:
