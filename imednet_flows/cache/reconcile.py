@@ -63,7 +63,9 @@ def _walk(
 ) -> None:
     if server_n == len(ids):
         return  # same count: taken as the same set (see module docstring)
-    if len(ids) <= leaf_rows and server_n <= leaf_rows:
+    # A range of at most leaf_rows ids is listed whatever its count: a count derived while
+    # rows vanish can exceed what the range holds, and halving ranges must end somewhere.
+    if len(ids) <= leaf_rows and (server_n <= leaf_rows or hi - lo < leaf_rows):
         rows = server_rows(lo, hi)
         out.requests += 1
         server_ids = {row[id_field] for row in rows}
