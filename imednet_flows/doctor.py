@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.table import Table
 
+from imednet_flows.cache.reconcile import ID_CEILING
 from imednet_flows.cache.schema import INCREMENTAL, RECORDS, EntitySpec, canonical_ts
 from imednet_flows.edc.client import API_ROOT, ImednetClient, study_path
 from imednet_flows.edc.errors import ImednetFlowsError
@@ -54,8 +55,6 @@ MAX_REQUESTS = 20
 SMALL_PAGE = 5
 FULL_PAGE = 500
 SINCE_PAGE = 100
-#: The top of the id space, as the sync's search for hard deletes uses it.
-ID_SPACE = (0, 2**62)
 
 CREDENTIALS = "credentials"
 STUDY_ACCESS = "study access"
@@ -89,7 +88,7 @@ FAILED = {
 @dataclass
 class Finding:
     check: str
-    result: str  # "pass", "fail" or "skip"
+    result: Literal["pass", "fail", "skip"]
     meaning: str
     #: For a failure: what the server did, which request, what was expected.
     detail: str = ""
@@ -141,7 +140,7 @@ def diagnose(client: ImednetClient, study_key: str | None) -> list[Finding]:
         studies = client.get(API_ROOT, {"page": 0, "size": 1}, what="checking the keys")
     except ImednetFlowsError as error:
         return [
-            Finding(CREDENTIALS, "fail", "the keys were not accepted", str(error)),
+            Finding(CREDENTIALS, "fail", "the API refused the keys or was not reached", str(error)),
             *_skipped(STUDY_ACCESS, *ASSUMPTIONS, reason="the keys failed"),
         ]
     where = client.base_url or "the hosted service"
@@ -206,7 +205,9 @@ def _check_id_filters(exam: _Exam, full: Listing) -> None:
     if count is not None:
         exam.attempt(ID_FILTER, check_id_range, count.items, key, lo, hi, count.asked)
         total = full.total_elements
-        exam.attempt(ID_FILTER, check_split, count.total_elements, lo, hi, total, *ID_SPACE, key)
+        exam.attempt(
+            ID_FILTER, check_split, count.total_elements, lo, hi, total, 0, ID_CEILING, key
+        )
     listed = exam.page(ID_FILTER, RECORDS, FULL_PAGE, *bounds)
     if listed is not None:
         exam.attempt(ID_FILTER, check_id_range, listed.items, key, lo, hi, listed.asked)
@@ -254,8 +255,9 @@ def run_doctor(study_key: str | None, console: Console | None = None) -> int:
     console = console or Console()
     try:
         credentials = resolve_credentials()
-    except ImednetFlowsError as error:
-        console.print(f"FAIL {CREDENTIALS}: {error}", soft_wrap=True, markup=False)
+    except Exception as error:  # a missing Secret block, or no Prefect API to ask
+        message = str(error) if isinstance(error, ImednetFlowsError) else repr(error)
+        console.print(f"FAIL {CREDENTIALS}: {message}", soft_wrap=True, markup=False)
         return 1
     console.print(
         f"iMednet API at {credentials.base_url or 'the hosted service'}"

@@ -114,7 +114,7 @@ def test_the_error_names_the_assumption_the_request_and_what_to_do() -> None:
     assert isinstance(error, ImednetFlowsError)
     assert error.check == PAGE_SIZE
     assert str(ASKED) in str(error) and "filter studyKey==K" in str(ASKED)
-    assert ADVICE in str(error) and "no watermark moved" in str(error)
+    assert ADVICE in str(error) and "watermarks did not move" in str(error)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,8 @@ from imednet_flows.edc.server_checks import check_split
 
 #: Largest range listed outright; one page of the API.
 LEAF_ROWS = 200
+#: Above every id the API hands out: the search's top range ends here.
+ID_CEILING = 2**62
 
 CountFn = Callable[[int, int], int]
 ListFn = Callable[[int, int], list[dict[str, Any]]]
@@ -45,7 +47,9 @@ def find_differences(
     if not local_ids and server_total == 0:
         return out
     lo = min(local_ids[0], 0) if local_ids else 0
-    _walk(local_ids, lo, 2**62, server_total, server_count, server_rows, id_field, leaf_rows, out)
+    _walk(
+        local_ids, lo, ID_CEILING, server_total, server_count, server_rows, id_field, leaf_rows, out
+    )
     out.vanished.sort()
     return out
 

@@ -46,7 +46,8 @@ ID_FILTER = "id filters honoured"
 _T = TypeVar("_T")
 
 ADVICE = (
-    "Nothing from this run was saved and no watermark moved. Run `imednet-flows doctor "
+    "Nothing this study's run fetched was saved and its watermarks did not move. Run "
+    "`imednet-flows doctor "
     "--study <key>` to list every assumption this server breaks; if the API is reached "
     "through a proxy or gateway, check that it passes page, size, filter and the response "
     "body through unchanged, otherwise report it to iMednet support with this message"
@@ -74,7 +75,6 @@ class Asked:
     page: int = 0
     size: int = 0
     filter: str | None = None
-    sort: str | None = None
 
     @classmethod
     def of(cls, path: str, params: dict[str, Any]) -> Asked:
@@ -83,15 +83,12 @@ class Asked:
             int(params.get("page", 0)),
             int(params.get("size", 0)),
             params.get("filter"),
-            params.get("sort"),
         )
 
     def __str__(self) -> str:
         parts = [f"page {self.page}", f"size {self.size}"]
         if self.filter:
             parts.append(f"filter {self.filter}")
-        if self.sort:
-            parts.append(f"sort {self.sort}")
         return f"GET {self.path} ({', '.join(parts)})"
 
 
