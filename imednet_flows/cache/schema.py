@@ -198,7 +198,7 @@ STRUCTURE = (FORMS, VARIABLES)
 ENTITIES = {spec.name: spec for spec in (*INCREMENTAL, *STRUCTURE)}
 
 
-def _table_ddl(spec: EntitySpec) -> str:
+def table_ddl(spec: EntitySpec) -> str:
     cols = ",\n  ".join(f"{c.name} {c.sql_type}" for c in spec.columns)
     return (
         f"CREATE TABLE IF NOT EXISTS {spec.name} (\n  study_key TEXT NOT NULL,\n"
@@ -209,7 +209,7 @@ def _table_ddl(spec: EntitySpec) -> str:
 
 def _v1(conn: sqlite3.Connection) -> None:
     for spec in ENTITIES.values():
-        conn.execute(_table_ddl(spec))
+        conn.execute(table_ddl(spec))
     # Not executescript: it commits first, and a migration must be one transaction.
     ddl = """
         CREATE INDEX IF NOT EXISTS records_by_form ON records (study_key, form_key);
@@ -312,15 +312,3 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
     return SCHEMA_VERSION
-
-
-def connect_staging(path: str | Path) -> sqlite3.Connection:
-    """A throwaway file for one study's run: entity tables with their primary keys only,
-    no journal, no fsync; it is rebuilt from the API if anything goes wrong."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=OFF")
-    conn.execute("PRAGMA synchronous=OFF")
-    for spec in ENTITIES.values():
-        conn.execute(_table_ddl(spec))
-    conn.execute("CREATE TABLE deletions (entity TEXT, id INTEGER)")
-    return conn
