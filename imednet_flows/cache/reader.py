@@ -25,13 +25,21 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pandas as pd
 
-from imednet_flows.cache.schema import QUERIES, SUBJECTS, VISITS, EntitySpec, connect
+from imednet_flows.cache.schema import (
+    QUERIES,
+    SUBJECTS,
+    VISITS,
+    EntitySpec,
+    check_cache_path,
+    connect,
+)
 from imednet_flows.cache.snapshots import (
     entity_columns,
     entity_table,
@@ -47,7 +55,7 @@ Filters = list[tuple[str, Any]]
 @contextmanager
 def _read(cache_path: str | Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection inside one read transaction, closed afterwards."""
-    path = Path(cache_path)
+    path = check_cache_path(cache_path)
     if not path.is_file():
         raise FileNotFoundError(f"no cache at {path}; run the sync first to create it")
     conn = connect(path, readonly=True)
@@ -193,7 +201,19 @@ def get_cached_queries(
     return _entity(cache_path, QUERIES, study_key, filters, as_dataframe)
 
 
-def sync_status(cache_path: str | Path, study_key: str | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class EntityStatus:
+    """Where one entity of one study stands in the cache."""
+
+    study_key: str
+    entity: str
+    #: The server time the next run reads changes from (minus the overlap); None if unknown.
+    watermark: str | None
+    last_success: str | None
+    row_count: int
+
+
+def sync_status(cache_path: str | Path, study_key: str | None = None) -> list[EntityStatus]:
     """Per study and entity: watermark, last successful sync and cached row count.
 
     Ordered by study then entity; ``[]`` for a study never synced.
@@ -205,19 +225,11 @@ def sync_status(cache_path: str | Path, study_key: str | None = None) -> list[di
         args.append(study_key)
     with _read(cache_path) as conn:
         rows = conn.execute(sql + " ORDER BY study_key, entity", args).fetchall()
-    return [
-        {
-            "study": r[0],
-            "entity": r[1],
-            "watermark": r[2],
-            "last_success": r[3],
-            "row_count": r[4],
-        }
-        for r in rows
-    ]
+    return [EntityStatus(*r) for r in rows]
 
 
 __all__ = [
+    "EntityStatus",
     "get_cached_queries",
     "get_cached_records",
     "get_cached_subjects",
