@@ -48,6 +48,9 @@ class EmulatorConfig:
     strict_role_dates: bool = False
     #: Request bodies over this many bytes get 413 before they are read (16 MiB).
     max_body_bytes: int = 16 * 2**20
+    #: Return posted JSON numbers and booleans as posted instead of the API's strings,
+    #: to test a client against a server that echoes typed values.
+    echo_typed_values: bool = False
 
     def __post_init__(self) -> None:
         fields = dataclasses.fields(self)
@@ -73,7 +76,7 @@ def _config_problem(name: str, value: Any) -> str | None:
         return (
             None if ok else f"max_body_bytes must be an integer from 1 to {MAX_BODY_LIMIT}, {got}"
         )
-    if name == "strict_role_dates":
+    if name in ("strict_role_dates", "echo_typed_values"):
         return None if isinstance(value, bool) else f"{name} must be true or false, {got}"
     return None
 
@@ -230,6 +233,7 @@ class Emulator:
                     self.state.studies.get(job.study_key),
                     self.state.clock.now(),
                     self.config.job_delay,
+                    self.config.echo_typed_values,
                 )
                 if job.state in TERMINAL:
                     self._pending.discard(batch_id)
