@@ -45,7 +45,8 @@ def _main_options(
 @app.command()
 def emulator(
     host: Annotated[
-        str, typer.Option(help="Interface to bind; keep it on loopback.")
+        str,
+        typer.Option(help="Interface to bind; anything but loopback needs --allow-remote."),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 0,
     api_key: Annotated[str, typer.Option(help="x-api-key the emulator accepts.")] = DEMO_API_KEY,
@@ -63,10 +64,31 @@ def emulator(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 1,
     job_delay: Annotated[
-        float, typer.Option(min=0, help="Seconds from POST until a job finishes.")
+        float, typer.Option(min=0, max=3600, help="Seconds from POST until a job finishes.")
     ] = 1.0,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            help="Allow a --host other than loopback. The admin routes have no key: anyone "
+            "who reaches the port can change the data."
+        ),
+    ] = False,
 ) -> None:
     """Serve a seeded iMednet API on loopback until Ctrl-C or SIGTERM."""
+    from imednet_flows.emulator.server import remote_bind_warning
+
+    warning = remote_bind_warning(host)
+    if warning is not None:
+        if not allow_remote:
+            raise typer.BadParameter(
+                f"{host!r} is not a loopback address, and the emulator's admin routes "
+                "(/_emulator/...) have no authentication: anyone on the network could change "
+                "its data. Use 127.0.0.1, or add --allow-remote if you really mean it.",
+                param_hint="--host",
+            )
+        typer.secho(warning, err=True, fg=typer.colors.YELLOW)
+    if len(set(study)) != len(study):
+        raise typer.BadParameter("each study key may be given once", param_hint="--study")
     specs = []
     for n, key in enumerate(study, start=1):
         shape = dict(
@@ -82,10 +104,12 @@ def emulator(
             else StudySpec(subjects=subjects, **shape)
         )
     started = time.perf_counter()
-    handle = Emulator(
-        specs, EmulatorConfig(api_key=api_key, security_key=security_key, job_delay=job_delay)
-    )
-    server = EmulatorServer(handle, host, port)
+    try:
+        config = EmulatorConfig(api_key=api_key, security_key=security_key, job_delay=job_delay)
+        handle = Emulator(specs, config)
+    except ValueError as exc:
+        raise _fail(exc) from None
+    server = EmulatorServer(handle, host, port, warn_remote=False)  # warned above
     counts = {key: handle.counts(key) for key in handle.study_keys}
     typer.echo(
         f"iMednet emulator listening on {server.base_url} "
