@@ -107,7 +107,7 @@ def test_a_broken_assumption_fails_with_a_clear_line(
     imednet_env(fresh_emulator)
     # changes of the last minutes: what a clock in local time is told apart by
     fresh_emulator.emulator.mutate(K, "edit_records", n=3, seed=1)
-    fresh_emulator.emulator.config.quirks = quirks
+    fresh_emulator.emulator.configure(quirks=quirks)
     result = doctor(fresh_emulator, "--study", K)
     assert result.exit_code == 1, result.output
     assert verdicts(result.output)[check] == "FAIL"

@@ -408,12 +408,12 @@ def test_a_broken_assumption_fails_the_sync_and_leaves_the_cache_as_it_was(
     emu.mutate(K, "edit_records", n=5, seed=1)
     emu.mutate(K, "hard_delete", n=2, seed=2)
     before = cache_state(tmp_path / "cache.sqlite")
-    emu.config.quirks = quirks
+    emu.configure(quirks=quirks)
     try:
         with pytest.raises(RuntimeError, match=message) as caught:
             run(tmp_path)
     finally:
-        emu.config.quirks = Quirks()
+        emu.configure(quirks=Quirks())
     assert isinstance(caught.value.__cause__, ServerContractError)
     assert "clinical" not in str(caught.value)
     assert cache_state(tmp_path / "cache.sqlite") == before
@@ -483,7 +483,7 @@ def test_a_keyset_reread_that_ignores_the_id_term_fails(
     imednet_env(checked)
     run(tmp_path)
     before = cache_state(tmp_path / "cache.sqlite")
-    checked.emulator.config.quirks = Quirks(ignore_filters=["id"])
+    checked.emulator.configure(quirks=Quirks(ignore_filters=["id"]))
     keyset = r"\(id filters honoured\).*recordId>\d+;.* outside \d+ <= recordId \(recordId"
     with pytest.raises(RuntimeError, match=keyset):
         _keyset_run(checked, tmp_path)

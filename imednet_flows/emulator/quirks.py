@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from typing import Any
 
+from imednet_flows.emulator.checks import is_int, is_number
 from imednet_flows.emulator.entities import Entity
 from imednet_flows.filter_syntax import (
     FilterError,
@@ -56,11 +57,10 @@ class Quirks:
             raise ValueError(
                 f"quirks.timestamp must be one of {TIMESTAMP_MODES}, got {self.timestamp!r}"
             )
-        if isinstance(self.clock_offset, bool) or not isinstance(self.clock_offset, int | float):
+        if not is_number(self.clock_offset):
             raise ValueError(f"quirks.clock_offset must be a number, got {self.clock_offset!r}")
         for name in ("total_elements_offset", "page_size_cap"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value := getattr(self, name)):
                 raise ValueError(f"quirks.{name} must be an integer, got {value!r}")
         if self.page_size_cap < 0:
             raise ValueError("quirks.page_size_cap must be >= 0 (0: no cap)")
