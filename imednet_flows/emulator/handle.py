@@ -35,6 +35,8 @@ class EmulatorConfig:
     unknown_study_status: int = 403
     #: Emit Role dates as the spec's int arrays (which SDK 0.5.0 cannot parse).
     strict_role_dates: bool = False
+    #: Serve `GET /studies/{K}/jobs` (an optional extension); False answers it with 404.
+    jobs_listing: bool = True
 
 
 @dataclass
