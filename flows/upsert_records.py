@@ -220,7 +220,7 @@ def _post_all(
                 number,
                 first_row=start + 1,
                 email_notify=email_notify or None,
-                settle_timeout=timeout,
+                timeout=timeout,
                 poll_interval=poll_interval,
             )
         except ImednetFlowsError as exc:

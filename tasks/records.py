@@ -28,7 +28,7 @@ def create_records(
     batch_number: int,
     first_row: int = 1,
     email_notify: str | None = None,
-    settle_timeout: float = 60.0,
+    timeout: float = 60.0,
     poll_interval: float = 1.0,
 ) -> PostOutcome:
     """POST one batch; after a lost answer, only the rows not found in the study are resent."""
@@ -38,7 +38,7 @@ def create_records(
         items,
         email_notify=email_notify,
         first_row=first_row,
-        settle_timeout=settle_timeout,
+        timeout=timeout,
         poll_interval=poll_interval,
     )
     logger = get_run_logger()

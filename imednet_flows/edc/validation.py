@@ -381,3 +381,23 @@ def summarize(exc: ValidationError) -> list[str]:
         else:
             out.append(f"{loc}: {error['msg'].removeprefix('Value error, ')}")
     return out
+
+
+def row_ranges(numbers: Iterable[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7": row lists stay short in messages."""
+    out: list[str] = []
+    run: list[int] = []
+    for n in sorted(set(numbers)):
+        if run and n == run[-1] + 1:
+            run.append(n)
+            continue
+        if run:
+            out.append(_run(run))
+        run = [n]
+    if run:
+        out.append(_run(run))
+    return ", ".join(out)
+
+
+def _run(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
