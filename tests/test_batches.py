@@ -124,14 +124,17 @@ def test_every_problem_of_every_row_is_reported(study: dict[str, list[dict[str, 
     assert "not a JSON object" in by_row[1][0]
     assert any("unexpected field 'fromKey'" in t for t in by_row[2])
     assert any("no formKey or formId" in t for t in by_row[2])
-    assert any("unknown form formId=1" in t for t in by_row[3])
-    assert any("is at site" in t and other_site in t for t in by_row[4])
+    assert any("unknown form: formId names no form of this study" in t for t in by_row[3])
+    assert "the subject is at another site than siteName names" in by_row[4]
     assert any("registered by row 5" in t for t in by_row[6])
     assert by_row[7] == ["data is empty: nothing to write"]
     row8 = " | ".join(by_row[8])
     assert "recordId: Input should be a valid integer, not a boolean" in row8
     assert "'bogus'" in row8 and "cannot be a TEXT value" in row8
-    assert "2.5 is not an integer" in row8
+    assert "aedur (INTEGER): not an integer (got a decimal number)" in row8
+    assert "a list cannot be a TEXT value" in row8
+    # rows are clinical data: no value of theirs is repeated
+    assert not any(v in e for e in errors for v in ("not a row", "N-1", other_site, subject))
 
 
 @pytest.mark.parametrize(

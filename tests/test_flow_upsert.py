@@ -184,16 +184,16 @@ def test_every_bad_row_is_listed_and_nothing_is_posted(
         assert f"\nrow {number}: " in message, number
     assert "row 1:" not in message
     for phrase in (
-        "unknown form formKey='NOPE'",
-        "'notavariable'",
-        "unknown site siteName='Atlantis'",
-        "unknown subject subjectKey='99-999'",
-        "unknown interval intervalName='Week 99'",
-        "'three' is not an integer",
-        "'warm' is not a number",
-        "not a date in YYYY-MM-DD form",
-        "'yes' is not true or false",
-        "12 is not text",
+        "row 2: unknown form: formKey names no form of this study",
+        "row 3: unknown variable(s) 'notavariable' on form AE",
+        "row 4: unknown site: siteName names no site of this study",
+        "row 5: unknown subject: subjectKey names no subject of this study",
+        "row 6: unknown interval: intervalName names no interval of this study",
+        "row 7: aedur (INTEGER): not an integer (got text that does not fit)",
+        "row 8: vstemp (NUMBER): not a number (got text that does not fit)",
+        "row 9: aestdt (DATE): not a date in YYYY-MM-DD form (got text that does not fit)",
+        "row 10: aeongo (CHECKBOX): not true or false (got text that does not fit)",
+        "row 11: aeterm (TEXT): not text (quote it) (got a whole number)",
         "no formKey or formId",
         "no data",
         "nothing places the row",
@@ -201,6 +201,10 @@ def test_every_bad_row_is_listed_and_nothing_is_posted(
         "nothing was sent",
     ):
         assert phrase in message, phrase
+    # the rows' values are clinical data: none of them is repeated back
+    for value in ("NOPE", "Atlantis", "99-999", "Week 99", "three", "warm", "05/01/2025"):
+        assert value not in message, value
+    assert "'yes'" not in message and "'red'" not in message and subject not in message
     assert posts(fresh_emulator) == []
 
 
