@@ -91,7 +91,11 @@ class RowFields(BaseModel):
 
     def refs(self, *names: str) -> list[tuple[str, Any]]:
         """(API attribute, value) for each of `names` that is set, in the API's spelling."""
-        return [(to_camel(n), getattr(self, n)) for n in names if getattr(self, n) is not None]
+        return [(CAMEL[n], getattr(self, n)) for n in names if getattr(self, n) is not None]
+
+
+#: snake_case field -> the API's camelCase, computed once (rows are checked by the 100,000).
+CAMEL = {name: to_camel(name) for name in RowFields.model_fields}
 
 
 class RecordItem(RowFields):
@@ -120,7 +124,7 @@ class RecordItem(RowFields):
 
     def to_api(self) -> Row:
         """The JSON item: only the fields that are set, camelCase, data as given."""
-        body = {to_camel(name): value for name, value in self if value is not None}
+        body = {CAMEL[name]: value for name, value in self if value is not None}
         body["data"] = dict(self.data)
         return body
 
@@ -129,10 +133,7 @@ def placement_problems(fields: RowFields | Mapping[str, Any]) -> list[str]:
     """What a row lacks to be posted at all: which form, what data, and where it goes."""
     if not isinstance(fields, RowFields):
         fields = RowFields.model_construct(
-            **{
-                name: fields.get(to_camel(name), fields.get(name))
-                for name in RowFields.model_fields
-            }
+            **{name: fields.get(CAMEL[name], fields.get(name)) for name in RowFields.model_fields}
         )
     problems = []
     if not fields.given(*FORM_FIELDS):
@@ -373,13 +374,13 @@ def validate_batch(
 def _check_row(raw: Any, catalog: Catalog, number: int) -> tuple[RecordItem | None, list[str]]:
     if not isinstance(raw, dict):
         return None, [f"not a JSON object but {shape(raw)}"]
-    problems = placement_problems(raw)
+    problems: list[str] = []
     try:
         item: RecordItem | None = RecordItem.model_validate(raw)
         fields: RowFields = item  # type: ignore[assignment]
     except ValidationError as exc:
         item = None
-        problems += summarize(exc)
+        problems += placement_problems(raw) + summarize(exc)
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
         try:
             fields = RowFields.model_validate({k: v for k, v in raw.items() if k not in bad})
