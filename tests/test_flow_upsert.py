@@ -531,7 +531,7 @@ def test_parameters_are_described_in_the_ui_schema() -> None:
     schema = parameter_schema(create_or_update_records.fn).model_dump()
     properties = schema["properties"]
     assert all(p.get("description") for p in properties.values()), properties
-    assert properties["batch_size"]["minimum"] == 1 and schema["required"] == [
-        "study_key",
-        "records",
-    ]
+    assert properties["batch_size"]["minimum"] == 1
+    # rows come as records or as rows_file (any size): neither alone is required
+    assert schema["required"] == ["study_key"]
+    assert "JSON Lines" in properties["rows_file"]["description"]
