@@ -24,6 +24,7 @@ from imednet_flows.edc.validation import (
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, Emulator, EmulatorServer
 from imednet_flows.filter_syntax import format_timestamp
 from tests.conftest import SMALL
+from tests.upsert_helpers import same_value
 
 K = SMALL.study_key
 SINCE = datetime(2025, 6, 5, 12, 0, 0, tzinfo=UTC)
@@ -445,3 +446,20 @@ def test_wait_for_job_terminal_states_and_timeout(
     with pytest.raises(JobTimeout, match=stuck) as caught:
         wait_for_job(client, K, stuck, 0.2, 0.05)
     assert caught.value.state == "PROCESSING"
+
+
+@pytest.mark.parametrize(
+    ("posted", "shown", "same"),
+    [
+        (7, 7, True),
+        (7, "7", True),
+        (36.6, "36.6", True),
+        (True, "true", True),
+        (False, True, False),
+        (None, "", True),
+        ("x", "x", True),
+        (7, "8", False),
+    ],
+)
+def test_the_tests_compare_either_read_back_form(posted: Any, shown: Any, same: bool) -> None:
+    assert same_value(posted, shown) is same
