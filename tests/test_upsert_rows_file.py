@@ -178,12 +178,17 @@ BAD_FILES: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "content", "problem"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
-def test_a_file_without_rows_is_refused_naming_it(
-    tmp_path: Path, name: str, content: bytes, problem: str
-) -> None:
+@pytest.fixture(params=BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def bad_file(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    """A file that holds no rows, and the problem its error must name."""
+    name, content, problem = request.param
     path = tmp_path / name
     path.write_bytes(content)
+    return path, problem
+
+
+def test_a_file_without_rows_is_refused_naming_it(bad_file: tuple[Path, str]) -> None:
+    path, problem = bad_file
     with pytest.raises(RowsFileError) as caught:
         read_rows(path)
     message = str(caught.value)
@@ -192,13 +197,9 @@ def test_a_file_without_rows_is_refused_naming_it(
     assert SENTINEL not in message
 
 
-@pytest.mark.parametrize(("name", "content", "problem"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
-def test_the_cli_refuses_a_file_without_rows_clearly(
-    tmp_path: Path, name: str, content: bytes, problem: str
-) -> None:
+def test_the_cli_refuses_a_file_without_rows_clearly(bad_file: tuple[Path, str]) -> None:
     """Before any flow run starts: the file, what is wrong, what is expected, no traceback."""
-    path = tmp_path / name
-    path.write_bytes(content)
+    path, problem = bad_file
     result = runner.invoke(app, ["upsert", "--study", K, "--rows", str(path)])
     assert result.exit_code == 1, result.output
     assert str(path) in result.output and problem in result.output
