@@ -602,7 +602,7 @@ def profile_in_process(
                 entry.update(seconds=seconds, memory=read_memory_mib(os.getpid()), **rows)
 
         with ImednetClient(credentials, max_concurrency=4) as client:
-            sync = StudySync(client, cache, study, root / ".staging")
+            sync = StudySync(client, cache, study)
             try:
                 record("fetch", *_measured(sync.run_fetch, profiled))
                 conn = connect(cache)

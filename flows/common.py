@@ -22,6 +22,7 @@ StudyKey = Annotated[
     Field(
         description="iMednet study key, e.g. PHX-101 (case-sensitive).",
         min_length=1,
+        pattern=r"\S",
         examples=["PHX-101"],
     ),
 ]

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from flows.common import Concurrency, artifact_key, documented
+from imednet_flows.cache.lock import exclusive_writer, lock_path
 from imednet_flows.cache.schema import connect
 from imednet_flows.cache.snapshots import snapshot_is_current
 from tasks.cache import snapshot_study, sync_study
@@ -49,15 +50,11 @@ class SyncRunResult(BaseModel):
     seconds: float = 0.0
 
 
-def lock_path(cache_path: Path) -> Path:
-    return cache_path.with_name(cache_path.name + ".lock")
-
-
 @flow(name="incremental-sync", task_runner=ThreadPoolTaskRunner(max_workers=8))
 @documented
 def incremental_sync(
     study_keys: Annotated[
-        list[str],
+        list[Annotated[str, Field(min_length=1, pattern=r"\S")]],
         Field(
             min_length=1,
             description=('Study keys to sync, e.g. ["PHX-101"]; each is synced concurrently.'),
@@ -117,33 +114,37 @@ def incremental_sync(
     logger = get_run_logger()
     started = time.perf_counter()
     cache = Path(cache_path)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_path(cache), timeout=lock_timeout)
     try:
-        lock.acquire()
+        with exclusive_writer(cache, lock_timeout):
+            result, failures = _run(
+                study_keys,
+                cache,
+                Path(snapshot_dir),
+                full_refresh,
+                overlap_seconds,
+                snapshot_retention,
+                max_concurrency,
+            )
     except Timeout:
         message = (
-            f"another sync holds {lock.lock_file} (waited {lock_timeout:g}s); "
+            f"another sync holds {lock_path(cache)} (waited {lock_timeout:g}s); "
             "this run changed nothing"
         )
         if on_lock_timeout == "fail":
             raise RuntimeError(message + ". Raise lock_timeout or check for a stuck run.") from None
         logger.warning("skipping: %s", message)
         return SyncRunResult(skipped=True, reason=message)
-    try:
-        result = _run(
-            study_keys,
-            cache,
-            Path(snapshot_dir),
-            full_refresh,
-            overlap_seconds,
-            snapshot_retention,
-            max_concurrency,
-        )
-    finally:
-        lock.release()
     result.seconds = round(time.perf_counter() - started, 3)
-    _publish(result)
+    # Studies that succeeded are published even when others failed: their changes are in
+    # the cache and snapshots, and downstream triggers must fire for them.
+    _publish(result, failures)
+    if failures:
+        summary = "; ".join(f"{k}: {e}" for k, e in failures.items())
+        total = len(set(failures) | set(result.studies))
+        raise RuntimeError(
+            f"sync failed for {len(failures)} of {total} studies "
+            f"({summary}). Studies that succeeded were saved and published."
+        ) from next(iter(failures.values()))
     return result
 
 
@@ -155,15 +156,14 @@ def _run(
     overlap: float,
     retention: int,
     max_concurrency: int,
-) -> SyncRunResult:
-    staging = cache.parent / ".staging"
+) -> tuple[SyncRunResult, dict[str, Exception]]:
     result = SyncRunResult()
+    failures: dict[str, Exception] = {}
     with imednet_client(max_concurrency) as client:
         futures = {
-            key: sync_study.submit(client, str(cache), key, str(staging), full_refresh, overlap)
+            key: sync_study.submit(client, str(cache), key, full_refresh, overlap)
             for key in dict.fromkeys(study_keys)
         }
-        failures = {}
         for key, future in futures.items():
             try:
                 result.studies[key] = future.result()
@@ -174,14 +174,12 @@ def _run(
     snapshots = {
         key: snapshot_study.submit(str(cache), key, str(snapshot_dir), retention) for key in stale
     }
-    result.snapshots = {key: f.result() for key, f in snapshots.items()}
-    if failures:
-        summary = "; ".join(f"{k}: {e}" for k, e in failures.items())
-        raise RuntimeError(
-            f"sync failed for {len(failures)} of {len(futures)} studies "
-            f"({summary}). Studies that succeeded were saved."
-        ) from next(iter(failures.values()))
-    return result
+    for key, future in snapshots.items():
+        try:
+            result.snapshots[key] = future.result()
+        except Exception as exc:  # the cache is saved; the next run publishes the snapshot
+            failures[key] = exc
+    return result, failures
 
 
 def _stale_snapshots(cache: Path, snapshot_dir: Path, study_keys: list[str]) -> list[str]:
@@ -195,8 +193,8 @@ def _stale_snapshots(cache: Path, snapshot_dir: Path, study_keys: list[str]) -> 
         conn.close()
 
 
-def _publish(result: SyncRunResult) -> None:
-    rows = []
+def _publish(result: SyncRunResult, failures: dict[str, Exception]) -> None:
+    rows: list[dict[str, object]] = []
     for key, study in result.studies.items():
         for name, e in study["entities"].items():
             rows.append(
@@ -219,12 +217,13 @@ def _publish(result: SyncRunResult) -> None:
                 resource=changed_resource(key, study["entities"]),
                 payload={name: {k: e[k] for k in COUNTS} for name, e in study["entities"].items()},
             )
+    failed = "".join(f" FAILED {key}: {exc}." for key, exc in failures.items())
     create_table_artifact(
         key=artifact_key("incremental-sync"),
         table=rows,
         description=(
             f"Sync of {len(result.studies)} study(ies): {result.requests} API "
             f"requests in {result.seconds:.1f}s; snapshots: "
-            f"{', '.join(result.snapshots) or 'none (nothing changed)'}."
+            f"{', '.join(result.snapshots) or 'none (nothing changed)'}.{failed}"
         ),
     )

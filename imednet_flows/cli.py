@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -25,13 +27,26 @@ app = typer.Typer(
     help="Prefect pipelines for the iMednet EDC API, and a local emulator of that API.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
+_options = {"debug": False}
+
+
+@app.callback()
+def _main_options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks when something fails.")
+    ] = False,
+) -> None:
+    """Prefect pipelines for the iMednet EDC API, and a local emulator of that API."""
+    _options["debug"] = debug
 
 
 @app.command()
 def emulator(
     host: Annotated[
-        str, typer.Option(help="Interface to bind; keep it on loopback.")
+        str,
+        typer.Option(help="Interface to bind; anything but loopback needs --allow-remote."),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 0,
     api_key: Annotated[str, typer.Option(help="x-api-key the emulator accepts.")] = DEMO_API_KEY,
@@ -49,10 +64,31 @@ def emulator(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 1,
     job_delay: Annotated[
-        float, typer.Option(min=0, help="Seconds from POST until a job finishes.")
+        float, typer.Option(min=0, max=3600, help="Seconds from POST until a job finishes.")
     ] = 1.0,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            help="Allow a --host other than loopback. The admin routes have no key: anyone "
+            "who reaches the port can change the data."
+        ),
+    ] = False,
 ) -> None:
     """Serve a seeded iMednet API on loopback until Ctrl-C or SIGTERM."""
+    from imednet_flows.emulator.server import remote_bind_warning
+
+    warning = remote_bind_warning(host)
+    if warning is not None:
+        if not allow_remote:
+            raise typer.BadParameter(
+                f"{host!r} is not a loopback address, and the emulator's admin routes "
+                "(/_emulator/...) have no authentication: anyone on the network could change "
+                "its data. Use 127.0.0.1, or add --allow-remote if you really mean it.",
+                param_hint="--host",
+            )
+        typer.secho(warning, err=True, fg=typer.colors.YELLOW)
+    if len(set(study)) != len(study):
+        raise typer.BadParameter("each study key may be given once", param_hint="--study")
     specs = []
     for n, key in enumerate(study, start=1):
         shape = dict(
@@ -68,10 +104,12 @@ def emulator(
             else StudySpec(subjects=subjects, **shape)
         )
     started = time.perf_counter()
-    handle = Emulator(
-        specs, EmulatorConfig(api_key=api_key, security_key=security_key, job_delay=job_delay)
-    )
-    server = EmulatorServer(handle, host, port)
+    try:
+        config = EmulatorConfig(api_key=api_key, security_key=security_key, job_delay=job_delay)
+        handle = Emulator(specs, config)
+    except ValueError as exc:
+        raise _fail(exc) from None
+    server = EmulatorServer(handle, host, port, warn_remote=False)  # warned above
     counts = {key: handle.counts(key) for key in handle.study_keys}
     typer.echo(
         f"iMednet emulator listening on {server.base_url} "
@@ -103,9 +141,71 @@ CachePath = Annotated[str, typer.Option("--cache", help="SQLite cache file.")]
 StudyOpt = Annotated[str, typer.Option("--study", help="Study key (case-sensitive).")]
 
 
-def _fail(exc: BaseException) -> typer.Exit:
+EXIT_USAGE = 2
+
+
+def _fail(exc: BaseException, code: int = EXIT_FAILED) -> typer.Exit:
+    """One line that says what failed and what to do; the traceback only with --debug."""
+    if _options["debug"]:
+        traceback.print_exception(exc)
     typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-    return typer.Exit(EXIT_FAILED)
+    return typer.Exit(code)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as the wrapped formatter would, minus traceback and stack. Works on
+    a copy: other handlers of the same record (the Prefect API's) keep the traceback."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return self.inner.format(record)
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info = bare.exc_text = bare.stack_info = None
+        return self.inner.format(bare)
+
+
+def _flow_console() -> None:
+    """Before running flows from a terminal: Prefect's console log shows no tracebacks
+    (the failure is said once, at the end) unless --debug; the runs' stored logs keep them."""
+    if _options["debug"]:
+        return
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+            handler.formatter, _WithoutTraceback
+        ):
+            handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
+
+
+def _study_keys(keys: list[str]) -> list[str]:
+    """Study keys as given, refusing blanks before any request (an empty key would ask the
+    API for /studies//forms)."""
+    for key in keys:
+        if not key.strip():
+            raise typer.BadParameter(
+                "a study key is empty; give it as iMednet shows it, e.g. --study PHX-101",
+                param_hint="--study",
+            )
+    return keys
+
+
+def _cache_file(path: str, must_exist: bool = False) -> str:
+    from imednet_flows.cache.schema import CacheError, check_cache_path
+
+    try:
+        checked = check_cache_path(path)
+    except CacheError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cache") from None
+    if must_exist and not checked.is_file():
+        raise _fail(FileNotFoundError(f"no cache at {checked}; run the sync first to create it"))
+    return path
 
 
 @app.command()
@@ -125,8 +225,11 @@ def sync(
     overlap: Annotated[float, typer.Option(min=0, help="Watermark overlap, seconds.")] = 30.0,
 ) -> None:
     """Run the incremental sync once (exit 75 if another sync held the lock)."""
+    _study_keys(study)
+    _cache_file(cache)
     from flows.incremental_sync import incremental_sync
 
+    _flow_console()
     try:
         result = incremental_sync(
             study,
@@ -159,15 +262,20 @@ def cache_status(
     """Watermarks, last successful sync and row counts per study and entity."""
     from imednet_flows.cache.reader import sync_status
 
+    _cache_file(cache, must_exist=True)
     try:
         rows = sync_status(cache, study)
-    except FileNotFoundError as exc:
+    except Exception as exc:
         raise _fail(exc) from None
+    if not rows:
+        which = f"study {study}" if study else "any study"
+        typer.echo(f"the cache {cache} holds no synced data for {which} yet")
+        return
     typer.echo(f"{'study':<16}{'entity':<10}{'rows':>8}  {'watermark':<20} last success")
     for row in rows:
         typer.echo(
-            f"{row['study_key']:<16}{row['entity']:<10}{row['row_count']:>8}  "
-            f"{row['watermark'] or '-':<20} {row['last_success'] or '-'}"
+            f"{row.study_key:<16}{row.entity:<10}{row.row_count:>8}  "
+            f"{row.watermark or '-':<20} {row.last_success or '-'}"
         )
 
 
@@ -182,14 +290,16 @@ def cache_export(
     """Write cached records to Parquet or CSV without touching the network."""
     from imednet_flows.cache.reader import get_cached_records
 
+    _study_keys([study])
+    _cache_file(cache, must_exist=True)
     try:
         frame = get_cached_records(cache, study, form_key=form, include_deleted=include_deleted)
-    except FileNotFoundError as exc:
+        if out.endswith(".csv"):
+            frame.to_csv(out, index=False)
+        else:
+            frame.to_parquet(out, index=False)
+    except Exception as exc:
         raise _fail(exc) from None
-    if out.endswith(".csv"):
-        frame.to_csv(out, index=False)
-    else:
-        frame.to_parquet(out, index=False)
     typer.echo(f"{len(frame)} records of {study} written to {out}")
 
 
@@ -207,7 +317,10 @@ def extract(
     output_dir: Annotated[str | None, typer.Option(help="Write one Parquet file per form.")] = None,
 ) -> None:
     """Records matching filters in the API's grammar, e.g. --record-filter 'formKey==AE'."""
+    _study_keys([study])
     from flows.extract_records import extract_records_by_criteria
+
+    _flow_console()
 
     try:
         frame = extract_records_by_criteria(
@@ -230,7 +343,10 @@ def subject(
     key: Annotated[str, typer.Option("--subject", help="Subject key, e.g. 01-001.")],
 ) -> None:
     """Everything about one subject, as JSON."""
+    _study_keys([study])
     from flows.subject_data import get_all_subject_data
+
+    _flow_console()
 
     try:
         data = get_all_subject_data(study, key)
@@ -245,7 +361,10 @@ def queries(
     filters: Annotated[str | None, typer.Option("--filter", help="Filter on queries.")] = None,
 ) -> None:
     """Open queries (latest comment not closed)."""
+    _study_keys([study])
     from flows.open_queries import get_open_queries
+
+    _flow_console()
 
     try:
         result = get_open_queries(study, filters)

@@ -48,7 +48,6 @@ def sync_study(
     client: ImednetClient,
     cache_path: str,
     study_key: str,
-    staging_dir: str,
     full_refresh: bool = False,
     overlap_seconds: float = 30.0,
 ) -> dict:
@@ -58,7 +57,6 @@ def sync_study(
         client,
         Path(cache_path),
         study_key,
-        Path(staging_dir),
         full_refresh=full_refresh,
         overlap_seconds=overlap_seconds,
         progress=_progress_reporter(study_key),

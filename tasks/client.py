@@ -13,8 +13,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 from prefect.blocks.system import Secret
 from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_API_URL
 from prefect.variables import Variable
 
 from imednet_flows.edc.client import Credentials, ImednetClient
@@ -74,7 +76,15 @@ def store_credentials(api_key: str, security_key: str, base_url: str | None = No
     """What `imednet-flows configure` stores: keys as Secret blocks, the URL as a Variable."""
     if not api_key.strip() or not security_key.strip():
         raise ImednetFlowsError("both the API key and the security key are needed")
-    Secret(value=api_key.strip()).save(API_KEY_BLOCK, overwrite=True)
-    Secret(value=security_key.strip()).save(SECURITY_KEY_BLOCK, overwrite=True)
-    if base_url:
-        Variable.set(BASE_URL_VARIABLE, base_url.strip(), overwrite=True)
+    try:
+        Secret(value=api_key.strip()).save(API_KEY_BLOCK, overwrite=True)
+        Secret(value=security_key.strip()).save(SECURITY_KEY_BLOCK, overwrite=True)
+        if base_url:
+            Variable.set(BASE_URL_VARIABLE, base_url.strip(), overwrite=True)
+    except (httpx.TransportError, OSError) as exc:
+        url = PREFECT_API_URL.value()
+        raise ImednetFlowsError(
+            f"cannot reach the Prefect API at {url} ({exc}); nothing was stored. Start that "
+            "server (`prefect server start`) or correct PREFECT_API_URL (unset, a local "
+            "Prefect database under PREFECT_HOME is used)."
+        ) from exc

@@ -12,7 +12,7 @@ from imednet_flows.emulator import EmulatorServer
 
 def cache_rows(cache_path: Path, study_key: str, entity: str) -> dict[int, dict]:
     spec = next(s for s in INCREMENTAL if s.name == entity)
-    conn = sqlite3.connect(f"file:{cache_path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"{Path(cache_path).resolve().as_uri()}?mode=ro", uri=True)
     try:
         return {
             row[0]: json.loads(row[1])

@@ -15,6 +15,7 @@ import pytest
 
 from imednet_flows.cache import reader, schema, store
 from imednet_flows.cache.reader import (
+    EntityStatus,
     get_cached_queries,
     get_cached_records,
     get_cached_subjects,
@@ -167,20 +168,20 @@ def test_subjects_visits_queries(cache: Path, data: StudyData):
 
 def test_sync_status(cache: Path):
     rows = sync_status(cache)
-    assert [(r["study"], r["entity"]) for r in rows] == [
+    assert [(r.study_key, r.entity) for r in rows] == [
         (KEY, "records"),
         (KEY, "subjects"),
         (OTHER, "records"),
         (OTHER, "subjects"),
     ]
     mine = sync_status(cache, KEY)
-    assert mine[0] == {
-        "study": KEY,
-        "entity": "records",
-        "watermark": "2025-12-15 02:00:00",
-        "last_success": "2026-01-01 00:00:00",
-        "row_count": len(generate_study(SPEC).records),
-    }
+    assert mine[0] == EntityStatus(
+        study_key=KEY,
+        entity="records",
+        watermark="2025-12-15 02:00:00",
+        last_success="2026-01-01 00:00:00",
+        row_count=len(generate_study(SPEC).records),
+    )
 
 
 def test_unknown_study_is_empty(cache: Path):

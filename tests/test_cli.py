@@ -65,3 +65,29 @@ def test_configure_stores_blocks_the_client_then_reads(monkeypatch: pytest.Monke
         "http://127.0.0.1:9",
     )
     assert "api-key-from-prompt" not in repr(credentials)
+
+
+def test_configure_with_an_unreachable_prefect_api_names_it(tmp_path: Path) -> None:
+    """A real process: the session's Prefect API must not stand in for the broken one."""
+    import os
+    import subprocess
+    import sys
+
+    url = "http://127.0.0.1:9/api"  # port 9 (discard) is closed on loopback
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": url,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_CLIENT_MAX_RETRIES": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "imednet_flows.cli", "configure"],
+        input="an-api-key\na-security-key\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert url in done.stderr and "prefect server start" in done.stderr
+    assert "Traceback" not in done.stderr and "an-api-key" not in done.stderr + done.stdout

@@ -89,8 +89,8 @@ def test_shared_second_across_pages_is_not_missed(
     imednet_env(paged)
     key = PAGED.study_key
     run(tmp_path, key)
-    state = {s["entity"]: s for s in sync_status(tmp_path / "cache.sqlite", key)}
-    watermark = state["records"]["watermark"]
+    state = {s.entity: s for s in sync_status(tmp_path / "cache.sqlite", key)}
+    watermark = state["records"].watermark
     edited = paged.emulator.mutate(key, "edit_records", n=1200, seed=8, at=watermark)
     assert len(edited["ids"]) == 1200
     run(tmp_path, key)
@@ -183,9 +183,7 @@ def test_persistent_failure_leaves_watermark_unmoved(
     with pytest.raises(RuntimeError, match="503"):
         run(tmp_path)
     after = sync_status(tmp_path / "cache.sqlite", K)
-    assert [(s["entity"], s["watermark"]) for s in after] == [
-        (s["entity"], s["watermark"]) for s in before
-    ]
+    assert [(s.entity, s.watermark) for s in after] == [(s.entity, s.watermark) for s in before]
 
 
 def test_lock_held_skips_or_fails(

@@ -25,13 +25,21 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pandas as pd
 
-from imednet_flows.cache.schema import QUERIES, SUBJECTS, VISITS, EntitySpec, connect
+from imednet_flows.cache.schema import (
+    QUERIES,
+    SUBJECTS,
+    VISITS,
+    EntitySpec,
+    check_cache_path,
+    connect,
+)
 from imednet_flows.cache.snapshots import (
     entity_columns,
     entity_table,
@@ -40,6 +48,7 @@ from imednet_flows.cache.snapshots import (
     record_select,
 )
 from imednet_flows.frames import records_table
+from imednet_flows.values import as_text
 
 Filters = list[tuple[str, Any]]
 
@@ -47,7 +56,7 @@ Filters = list[tuple[str, Any]]
 @contextmanager
 def _read(cache_path: str | Path) -> Iterator[sqlite3.Connection]:
     """A read-only connection inside one read transaction, closed afterwards."""
-    path = Path(cache_path)
+    path = check_cache_path(cache_path)
     if not path.is_file():
         raise FileNotFoundError(f"no cache at {path}; run the sync first to create it")
     conn = connect(path, readonly=True)
@@ -108,8 +117,9 @@ def get_cached_records(
     With ``form_key``: one row per record of that form, the metadata columns of
     frames.RECORD_COLUMNS plus one typed column per variable of the form (as in
     ``forms/{form}.parquet``). Without it, forms have different variables, so the frame has
-    the metadata columns plus ``recordData``, a column of dicts (the API's string values);
-    pass a form key to get typed values.
+    the metadata columns plus ``recordData``, a column of dicts of the API's string values
+    (typed JSON a server echoed is turned into that text, so one variable never mixes
+    types and the frame can be written to Parquet); pass a form key to get typed values.
     """
     filters: Filters = []
     if form_key is not None:
@@ -128,7 +138,9 @@ def get_cached_records(
         rows = conn.execute(sql, args).fetchall()
         if form_key is None:
             frame = record_meta_table(rows).to_pandas(types_mapper=pd.ArrowDtype)
-            frame["recordData"] = pd.Series([orjson.loads(r[-1]) for r in rows], dtype=object)
+            frame["recordData"] = pd.Series(
+                [_text_values(orjson.loads(r[-1])) for r in rows], dtype=object
+            )
             return frame
         variables = [
             orjson.loads(r[0])
@@ -139,6 +151,10 @@ def get_cached_records(
         ]
     records = [record_dict(names, row, parse_data=True) for row in rows]
     return records_table(records, variables, [form_key]).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _text_values(data: dict[str, Any]) -> dict[str, str | None]:
+    return {name: as_text(value) for name, value in data.items()}
 
 
 def get_cached_subjects(
@@ -193,7 +209,19 @@ def get_cached_queries(
     return _entity(cache_path, QUERIES, study_key, filters, as_dataframe)
 
 
-def sync_status(cache_path: str | Path, study_key: str | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class EntityStatus:
+    """Where one entity of one study stands in the cache."""
+
+    study_key: str
+    entity: str
+    #: The server time the next run reads changes from (minus the overlap); None if unknown.
+    watermark: str | None
+    last_success: str | None
+    row_count: int
+
+
+def sync_status(cache_path: str | Path, study_key: str | None = None) -> list[EntityStatus]:
     """Per study and entity: watermark, last successful sync and cached row count.
 
     Ordered by study then entity; ``[]`` for a study never synced.
@@ -205,19 +233,11 @@ def sync_status(cache_path: str | Path, study_key: str | None = None) -> list[di
         args.append(study_key)
     with _read(cache_path) as conn:
         rows = conn.execute(sql + " ORDER BY study_key, entity", args).fetchall()
-    return [
-        {
-            "study": r[0],
-            "entity": r[1],
-            "watermark": r[2],
-            "last_success": r[3],
-            "row_count": r[4],
-        }
-        for r in rows
-    ]
+    return [EntityStatus(*r) for r in rows]
 
 
 __all__ = [
+    "EntityStatus",
     "get_cached_queries",
     "get_cached_records",
     "get_cached_subjects",

@@ -198,7 +198,7 @@ STRUCTURE = (FORMS, VARIABLES)
 ENTITIES = {spec.name: spec for spec in (*INCREMENTAL, *STRUCTURE)}
 
 
-def _table_ddl(spec: EntitySpec) -> str:
+def table_ddl(spec: EntitySpec) -> str:
     cols = ",\n  ".join(f"{c.name} {c.sql_type}" for c in spec.columns)
     return (
         f"CREATE TABLE IF NOT EXISTS {spec.name} (\n  study_key TEXT NOT NULL,\n"
@@ -209,7 +209,7 @@ def _table_ddl(spec: EntitySpec) -> str:
 
 def _v1(conn: sqlite3.Connection) -> None:
     for spec in ENTITIES.values():
-        conn.execute(_table_ddl(spec))
+        conn.execute(table_ddl(spec))
     # Not executescript: it commits first, and a migration must be one transaction.
     ddl = """
         CREATE INDEX IF NOT EXISTS records_by_form ON records (study_key, form_key);
@@ -259,39 +259,97 @@ def _v2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _v1, 2: _v2}
 
 
-class SchemaTooNew(RuntimeError):
+class CacheError(RuntimeError):
+    """The cache path or file cannot be used; the message says why and what to do."""
+
+
+class SchemaTooNew(CacheError):
     pass
+
+
+def check_cache_path(cache_path: str | Path) -> Path:
+    """The path as a Path, or a CacheError naming what is wrong with it: an empty path, a
+    folder, or a folder that is a file would otherwise fail deep in SQLite."""
+    text = str(cache_path)
+    if not text.strip():
+        raise CacheError(
+            "the cache path is empty: give a file path such as imednet-cache/imednet.sqlite"
+        )
+    path = Path(text)
+    if path.is_dir():
+        raise CacheError(
+            f"the cache path {path} is a folder, not a file: give a file inside it, such as "
+            f"{path / 'imednet.sqlite'}"
+        )
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CacheError(
+                f"the cache path {path} lies under {parent}, which is a file, not a folder: "
+                "choose another location"
+            )
+    return path
+
+
+def _unusable(path: Path, exc: sqlite3.Error) -> CacheError:
+    return CacheError(
+        f"{path} is not a usable imednet-flows cache (SQLite: {exc}). If it is a damaged "
+        "cache, move it aside (keep it for inspection) and run the sync again, which rebuilds "
+        "it from the API; if the path is wrong, correct --cache / cache_path."
+    )
+
+
+def _foreign_tables(conn: sqlite3.Connection) -> list[str]:
+    """Tables of a database this code did not create (a wrong path must not be migrated)."""
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    ours = {*ENTITIES, "sync_state", "form_versions", "sync_runs", "study_versions"}
+    return sorted(n for n in names if n not in ours and not n.startswith("sqlite_"))
 
 
 def connect(cache_path: str | Path, readonly: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode with the schema migrated (writers) or checked (readers).
 
     isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so what
-    commits together is visible in the code, not implied by the driver.
+    commits together is visible in the code, not implied by the driver. Readers open the
+    file by URI, escaped, so '#', '?' or '%' in a path name the file and not URI parts.
     """
-    path = Path(cache_path)
-    if readonly:
-        if not path.exists():
-            raise FileNotFoundError(f"no cache at {path}; run the sync first")
-        conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-        )
-    else:
+    path = check_cache_path(cache_path)
+    if readonly and not path.exists():
+        raise FileNotFoundError(f"no cache at {path}; run the sync first")
+    if not readonly:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=10000")
-    conn.row_factory = sqlite3.Row
+    try:
+        if readonly:
+            conn = sqlite3.connect(
+                f"{path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        else:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.row_factory = sqlite3.Row
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        foreign = _foreign_tables(conn) if version == 0 else []
+    except sqlite3.DatabaseError as exc:
+        raise _unusable(path, exc) from exc
+    if foreign:
+        conn.close()
+        raise CacheError(
+            f"{path} is a SQLite database of something else (tables: "
+            f"{', '.join(foreign[:5])}); it was left untouched. Point the cache path at a new "
+            "file."
+        )
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise SchemaTooNew(
+            f"cache schema v{version} is newer than this code (v"
+            f"{SCHEMA_VERSION}); upgrade imednet-flows"
+        )
     if not readonly:
         migrate(conn)
-    else:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"cache schema v{version} is newer than this code (v"
-                f"{SCHEMA_VERSION}); upgrade imednet-flows"
-            )
     return conn
 
 
@@ -312,15 +370,3 @@ def migrate(conn: sqlite3.Connection) -> int:
             conn.execute("ROLLBACK")
             raise
     return SCHEMA_VERSION
-
-
-def connect_staging(path: str | Path) -> sqlite3.Connection:
-    """A throwaway file for one study's run: entity tables with their primary keys only,
-    no journal, no fsync; it is rebuilt from the API if anything goes wrong."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=OFF")
-    conn.execute("PRAGMA synchronous=OFF")
-    for spec in ENTITIES.values():
-        conn.execute(_table_ddl(spec))
-    conn.execute("CREATE TABLE deletions (entity TEXT, id INTEGER)")
-    return conn

@@ -14,7 +14,6 @@ canonical UTC strings, never as whatever format the API sent.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import threading
@@ -26,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from imednet_flows.cache import store
+from imednet_flows.cache import staging, store
 from imednet_flows.cache.crash import crash_point
 from imednet_flows.cache.reconcile import find_differences
 from imednet_flows.cache.schema import (
@@ -35,7 +34,6 @@ from imednet_flows.cache.schema import (
     EntitySpec,
     canonical_ts,
     connect,
-    connect_staging,
 )
 from imednet_flows.edc.client import MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.edc.paging import scoped_filter
@@ -92,12 +90,6 @@ class StudyResult:
         }
 
 
-def staging_file(staging_dir: Path, study_key: str) -> Path:
-    """A file name no study key can steer outside the staging folder."""
-    digest = hashlib.sha256(study_key.encode()).hexdigest()[:16]
-    return staging_dir / f"stage-{digest}.sqlite"
-
-
 def _server_now(payload: dict[str, Any]) -> str | None:
     return canonical_ts((payload.get("metadata") or {}).get("timestamp"))
 
@@ -114,7 +106,6 @@ class StudySync:
         client: ImednetClient,
         cache_path: Path,
         study_key: str,
-        staging_dir: Path,
         full_refresh: bool = False,
         overlap_seconds: float = 30.0,
         progress: Callable[[str, int, int], None] | None = None,
@@ -126,11 +117,11 @@ class StudySync:
         self.overlap = overlap_seconds
         self.progress = progress
         self.result = StudyResult(study_key, full_refresh=full_refresh)
-        staging_dir.mkdir(parents=True, exist_ok=True)
-        self.stage_path = staging_file(staging_dir, study_key)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.stage_path}{suffix}").unlink(missing_ok=True)
-        self.stage = connect_staging(self.stage_path)
+        # A file of this run's own: another cache in the same folder, or another run of this
+        # one, can neither replace it nor have it merged in its place.
+        self.token = staging.new_token()
+        self.stage_path = staging.staging_file(cache_path, study_key, self.token)
+        self.stage = staging.create(self.stage_path, cache_path, study_key, self.token)
         # One transaction for the whole fetch: a commit per page costs more than the page.
         self.stage.execute("BEGIN")
         # A first run has no cache yet: nothing is created until the merge.
@@ -314,8 +305,7 @@ class StudySync:
         self.stage.close()
         if self.main is not None:
             self.main.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{self.stage_path}{suffix}").unlink(missing_ok=True)
+        staging.remove(self.stage_path)
 
 
 _MERGE_LOCK = threading.Lock()
@@ -341,6 +331,7 @@ def merge(conn: sqlite3.Connection, sync: StudySync) -> StudyResult:
     now = format_timestamp(datetime.now(UTC))
     conn.execute("ATTACH DATABASE ? AS stage", (str(sync.stage_path),))
     try:
+        staging.verify(conn, "stage", sync.cache_path, key, sync.token)
         with store.write_transaction(conn):
             changed_forms: set[str] = set()
             for spec in (*STRUCTURE, *INCREMENTAL):

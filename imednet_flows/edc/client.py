@@ -15,7 +15,7 @@ import httpx
 import orjson
 from imednet import ImednetSDK
 
-from imednet_flows.edc.errors import explain
+from imednet_flows.edc.errors import ImednetFlowsError, explain
 from imednet_flows.edc.retry import PARSED, RetrySettings, TransientRetryPolicy
 
 API_ROOT = "/api/v1/edc/studies"
@@ -139,4 +139,9 @@ class ImednetClient:
 
 def study_path(study_key: str, *rest: str) -> str:
     """The SDK's path form: each segment quoted with safe="" (a key may hold '/')."""
+    if not study_key.strip():
+        raise ImednetFlowsError(
+            "a study key is empty; give it as iMednet shows it, e.g. PHX-101 (nothing was "
+            "requested)"
+        )
     return "/".join([API_ROOT, quote(study_key, safe=""), *(quote(r, safe="") for r in rest)])
