@@ -389,7 +389,9 @@ def upsert(
             "--rows",
             exists=True,
             dir_okay=False,
-            help="JSON file: a list of rows in the API's POST shape (formKey, data, ...).",
+            help="Rows file: a JSON array of rows, or JSON Lines (one row object per line), "
+            "each in the API's POST shape (formKey, data, ...). The flow run reads the file "
+            "itself: any number of rows, never passed as flow parameters.",
         ),
     ],
     wait: Annotated[bool, typer.Option(help="Wait for the jobs to finish.")] = True,
@@ -398,11 +400,13 @@ def upsert(
 ) -> None:
     """Validate rows, post them in batches and wait for the jobs."""
     from flows.upsert_records import create_or_update_records
+    from imednet_flows.edc.rows_file import read_rows
 
+    path = rows_file.resolve()  # the flow run may not share this working directory
     try:
-        rows = json.loads(rows_file.read_text())
+        read_rows(path)  # a file that holds no rows is refused before any flow run starts
         result = create_or_update_records(
-            study, rows, wait=wait, timeout=timeout, batch_size=batch_size
+            study, rows_file=str(path), wait=wait, timeout=timeout, batch_size=batch_size
         )
     except Exception as exc:
         raise _fail(exc) from None

@@ -282,6 +282,8 @@ class EmulatorApp:
             return self._list(request, rest[1], study_key)
         if len(rest) == 2 and rest[1] == "jobs":
             self._only(request, "GET")
+            if not self.emulator.config.jobs_listing:
+                raise ApiError(404, "this API does not list jobs")
             jobs = [j.as_json() for j in self.emulator.jobs.values() if j.study_key == study_key]
             return Response(200, jobs)
         if len(rest) == 3 and rest[1] == "jobs":

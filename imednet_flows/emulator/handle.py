@@ -52,6 +52,8 @@ class EmulatorConfig:
     #: Return posted JSON numbers and booleans as posted instead of the API's strings,
     #: to test a client against a server that echoes typed values.
     echo_typed_values: bool = False
+    #: Serve `GET /studies/{K}/jobs` (an optional extension); False answers it with 404.
+    jobs_listing: bool = True
     #: Deliberate breaks of what the sync assumes of the API (see `quirks.Quirks`).
     quirks: Quirks = field(default_factory=Quirks)
 
@@ -83,7 +85,7 @@ def _config_problem(name: str, value: Any) -> str | None:
         return (
             None if ok else f"max_body_bytes must be an integer from 1 to {MAX_BODY_LIMIT}, {got}"
         )
-    if name in ("strict_role_dates", "echo_typed_values"):
+    if name in ("strict_role_dates", "echo_typed_values", "jobs_listing"):
         return None if isinstance(value, bool) else f"{name} must be true or false, {got}"
     return None
 
