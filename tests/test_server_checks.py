@@ -360,7 +360,7 @@ def run(tmp: Path, **kwargs: Any) -> Any:
 
 def cache_state(cache_path: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table: rows, watermarks, form versions and the run log."""
-    conn = sqlite3.connect(f"file:{cache_path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"{cache_path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
@@ -418,6 +418,25 @@ def test_a_broken_assumption_fails_the_sync_and_leaves_the_cache_as_it_was(
     assert "clinical" not in str(caught.value)
     assert cache_state(tmp_path / "cache.sqlite") == before
     run(tmp_path)  # the same sync against an honest server: no false positive
+    assert_cache_equals_truth(checked, tmp_path / "cache.sqlite", K)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_a_clock_ahead_by_more_than_the_overlap_is_refused(
+    checked: EmulatorServer, imednet_env: Env, tmp_path: Path
+) -> None:
+    """45 s ahead: the default 30 s overlap would not re-read what the watermark skips; a
+    60 s overlap covers it."""
+    imednet_env(checked)
+    emu = checked.emulator
+    emu.configure(quirks=Quirks(clock_offset=45))
+    try:
+        with pytest.raises(RuntimeError, match=r"s ahead of this machine's clock.*at most 30 s"):
+            run(tmp_path)
+        assert not (tmp_path / "cache.sqlite").exists()
+        run(tmp_path, overlap_seconds=60)
+    finally:
+        emu.configure(quirks=Quirks())
     assert_cache_equals_truth(checked, tmp_path / "cache.sqlite", K)
 
 

@@ -37,6 +37,7 @@ from imednet_flows.cache.schema import (
 from imednet_flows.edc.client import MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.edc.paging import scoped_filter
 from imednet_flows.edc.server_checks import (
+    MAX_CLOCK_AHEAD,
     Asked,
     Listing,
     check_complete,
@@ -50,6 +51,8 @@ from imednet_flows.filter_syntax import format_timestamp, parse_timestamp
 #: Refuse to delete more than this share of a study's cached rows without full_refresh.
 SUSPICIOUS_DELETE_SHARE = 0.5
 SUSPICIOUS_DELETE_MIN = 50
+#: Clocks a second apart are the API's resolution, not a skew.
+MIN_CLOCK_AHEAD = 2.0
 
 
 class SuspiciousResponse(RuntimeError):
@@ -137,7 +140,10 @@ class StudySync:
         totals, the server's clock) before any of it reaches the staging file."""
         path = study_path(self.study_key, spec.route)
         payload = self.client.get(path, params, what=what)
-        return check_listing(payload, Asked.of(path, params), spec.id_field)
+        # A server clock ahead of ours by more than the overlap would push the watermark past
+        # changes the next run's re-read no longer covers.
+        ahead = max(MIN_CLOCK_AHEAD, min(MAX_CLOCK_AHEAD, self.overlap))
+        return check_listing(payload, Asked.of(path, params), spec.id_field, max_ahead=ahead)
 
     def fetch_structure(self) -> None:
         for spec in STRUCTURE:
