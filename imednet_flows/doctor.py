@@ -45,7 +45,8 @@ from imednet_flows.edc.server_checks import (
     check_split,
     inspect_listing,
 )
-from imednet_flows.filter_syntax import format_timestamp, parse_timestamp
+from imednet_flows.filter_syntax import parse_timestamp
+from imednet_flows.timestamps import format_timestamp
 
 #: One retry per request: a transient fault is told apart from a broken server, and the
 #: doctor's 10 planned requests stay within 20 however the server answers.

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from imednet_flows.filter_syntax import BadTimestamp, format_timestamp, parse_instant
+from imednet_flows.timestamps import BadTimestamp, format_timestamp, parse_instant
 
 SCHEMA_VERSION = 2
 

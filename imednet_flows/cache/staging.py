@@ -18,7 +18,8 @@ import secrets
 import sqlite3
 from pathlib import Path
 
-from imednet_flows.cache.schema import ENTITIES, table_ddl
+from imednet_flows.cache.collections import COLLECTIONS
+from imednet_flows.cache.db import table_ddl
 
 STAGING_DIR = ".staging"
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -64,7 +65,7 @@ def create(path: Path, cache_path: str | Path, study_key: str, token: str) -> sq
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
-    for spec in ENTITIES.values():
+    for spec in COLLECTIONS:
         conn.execute(table_ddl(spec))
     conn.execute("CREATE TABLE deletions (entity TEXT, id INTEGER)")
     conn.execute("CREATE TABLE stage_meta (cache TEXT, study_key TEXT, token TEXT)")
