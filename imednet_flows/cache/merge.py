@@ -130,7 +130,9 @@ def _merge_collection(
             f"SELECT COUNT(*) {diff} AND s.deleted=1 AND m.deleted=0", (key,)
         ).fetchone()[0]
     if updated:
-        conn.execute(f"INSERT OR REPLACE INTO main.{t} ({columns}) SELECT {selected} {diff}", (key,))
+        conn.execute(
+            f"INSERT OR REPLACE INTO main.{t} ({columns}) SELECT {selected} {diff}", (key,)
+        )
     if inserted:
         conn.execute(f"INSERT INTO main.{t} ({columns}) SELECT {selected} {new}", (key,))
     gone = _vanished(conn, spec, key, result, full_refresh)

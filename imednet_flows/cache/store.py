@@ -167,9 +167,7 @@ class Changes:
         return self.collections.get(collection, set())
 
 
-def changes_since(
-    conn: sqlite3.Connection, study_key: str, since_version: int
-) -> Changes | None:
+def changes_since(conn: sqlite3.Connection, study_key: str, since_version: int) -> Changes | None:
     """Changes after `since_version` up to now; None when the log no longer reaches back
     that far (the caller then treats everything as changed)."""
     floor = conn.execute(

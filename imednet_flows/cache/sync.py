@@ -157,9 +157,7 @@ class StudySync:
         return {"filter": text} if text else {}
 
     def _stage(self, spec: Collection, items: list[dict[str, Any]]) -> None:
-        self.stage.executemany(
-            store.upsert_sql(spec), row_builder(spec)(self.study_key, items)
-        )
+        self.stage.executemany(store.upsert_sql(spec), row_builder(spec)(self.study_key, items))
 
     def _page_into_stage(
         self, spec: Collection, since: str | None, result: CollectionResult
