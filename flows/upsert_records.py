@@ -1,8 +1,9 @@
 """Record Update: check every row, POST in batches, follow each job to its end.
 
-create_or_update_records --> forms, variables, sites, intervals, subjects (concurrently)
+create_or_update_records --> rows: records, or rows_file read here (never a parameter value)
+                         --> forms, variables, sites, intervals, subjects (concurrently)
                          --> validate_batch (any problem: stop, nothing sent)
-                         --> records.create per batch (post_batch: no blind resend)
+                         --> records.create per batch (post_batch: resend only proven-absent rows)
                          --> wait? --> poll each job --> result + table artifact
 """
 
@@ -15,14 +16,16 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from prefect.utilities.annotations import quote
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from flows.common import Concurrency, StudyKey, artifact_key, documented
 from imednet_flows.edc.batches import SUCCESS_STATE, JobTimeout, PostOutcome, job_state
 from imednet_flows.edc.client import ImednetClient
 from imednet_flows.edc.criteria import restricted
 from imednet_flows.edc.errors import ImednetFlowsError
-from imednet_flows.edc.validation import RecordItem, detect_mode, validate_batch
+from imednet_flows.edc.rows_file import read_rows
+from imednet_flows.edc.validation import RecordItem, detect_mode, row_ranges, validate_batch
 from tasks.api import list_forms, list_intervals, list_sites, list_subjects, list_variables
 from tasks.client import imednet_client
 from tasks.records import create_records, wait_for_job
@@ -39,8 +42,111 @@ ROWS_HELP = (
     "subjectId/subjectOid) plus intervalName/intervalId updates the scheduled record; a "
     "subject without interval adds a new record; siteName/siteId without a known subject "
     "registers one (with the given subjectKey, if any). Problems are reported by 1-based "
-    "row number, all at once, and then nothing is sent."
+    "row number, all at once, and then nothing is sent. Give records or rows_file, not "
+    "both; above a few hundred rows use rows_file (Prefect limits parameters to 512 KB)."
 )
+
+Records = Annotated[
+    list[Any] | None,
+    Field(
+        description=ROWS_HELP,
+        examples=[
+            [
+                {"formKey": "AE", "recordId": 1001, "data": {"aeterm": "Headache"}},
+                {
+                    "formKey": "VS",
+                    "subjectKey": "01-001",
+                    "intervalName": "Week 2",
+                    "data": {"vssysbp": 120, "vstemp": 36.6},
+                },
+            ]
+        ],
+    ),
+]
+RowsFile = Annotated[
+    str | None,
+    Field(
+        description="Path of a file holding the rows, read by the flow run itself (so any "
+        "number of rows works): a JSON array of rows, or JSON Lines (one row object per "
+        "line), rows as described under records. Row numbers count the file's rows from 1. "
+        "The path must be readable where the flow runs; a relative one is taken from that "
+        "process's working directory. Give records or rows_file, not both.",
+        examples=["/data/imednet/ae-updates.jsonl"],
+    ),
+]
+Wait = Annotated[
+    bool,
+    Field(description="Wait for each job to finish; a FAILED or CANCELLED job fails the run."),
+]
+Timeout = Annotated[
+    float,
+    Field(
+        gt=0,
+        description="Seconds to wait for each job (and, after a lost POST answer, to decide "
+        "whether the API applied it) before the run fails.",
+    ),
+]
+PollInterval = Annotated[float, Field(gt=0, description="Seconds between job status checks.")]
+BatchSize = Annotated[
+    int, Field(ge=1, description="Rows per POST; each POST is one job in iMednet.")
+]
+EmailNotify = Annotated[
+    str | None,
+    Field(
+        description="Email address iMednet notifies when a job finishes (the "
+        "x-email-notify header). Empty: no email."
+    ),
+]
+
+
+class UpsertParameters(BaseModel):
+    """The run's parameters, checked here and not by Prefect (the flow turns Prefect's
+    check off): when any parameter is invalid Prefect logs every parameter's value, and
+    `records` is clinical data. These messages name the parameter and the rule only."""
+
+    study_key: StudyKey
+    records: Records = None
+    rows_file: RowsFile = None
+    wait: Wait = True
+    timeout: Timeout = 300
+    poll_interval: PollInterval = 5
+    batch_size: BatchSize = 500
+    email_notify: EmailNotify = None
+    max_concurrency: Concurrency = 4
+
+    @model_validator(mode="after")
+    def _one_source_of_rows(self) -> UpsertParameters:
+        if self.rows_file is not None and not self.rows_file.strip():
+            self.rows_file = None  # the UI's empty text field
+        if self.records is not None and self.rows_file is not None:
+            raise ValueError("give records or rows_file, not both")
+        if self.records is None and self.rows_file is None:
+            raise ValueError(
+                "no rows given: set records (a list of rows) or rows_file (the path of a "
+                "JSON or JSON Lines file of rows)"
+            )
+        return self
+
+    @classmethod
+    def checked(cls, **values: Any) -> UpsertParameters:
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = [
+                f"{'.'.join(map(str, e['loc'])) or 'parameters'}: "
+                + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            ]
+            raise ImednetFlowsError(
+                "invalid parameters, nothing was sent: " + "; ".join(problems)
+            ) from None
+
+    def rows(self) -> list[Any]:
+        """The rows to write: given, or read from rows_file (row N = N-th row of the file)."""
+        if self.records is not None:
+            return self.records
+        assert self.rows_file is not None
+        return read_rows(self.rows_file)
 
 
 class BatchResult(BaseModel):
@@ -72,84 +178,62 @@ class UpsertResult(BaseModel):
     name="create-or-update-records",
     task_runner=ThreadPoolTaskRunner(max_workers=8),
     log_prints=False,
+    validate_parameters=False,  # UpsertParameters checks them without echoing values
 )
 @documented
 def create_or_update_records(
     study_key: StudyKey,
-    records: Annotated[
-        list[dict[str, Any]],
-        Field(
-            description=ROWS_HELP,
-            examples=[
-                [
-                    {"formKey": "AE", "recordId": 1001, "data": {"aeterm": "Headache"}},
-                    {
-                        "formKey": "VS",
-                        "subjectKey": "01-001",
-                        "intervalName": "Week 2",
-                        "data": {"vssysbp": 120, "vstemp": 36.6},
-                    },
-                ]
-            ],
-        ),
-    ],
-    wait: Annotated[
-        bool,
-        Field(description="Wait for each job to finish; a FAILED or CANCELLED job fails the run."),
-    ] = True,
-    timeout: Annotated[
-        float,
-        Field(
-            gt=0,
-            description="Seconds to wait for each job (and, after a lost POST answer, for "
-            "the jobs that may carry it) before the run fails.",
-        ),
-    ] = 300,
-    poll_interval: Annotated[
-        float, Field(gt=0, description="Seconds between job status checks.")
-    ] = 5,
-    batch_size: Annotated[
-        int, Field(ge=1, description="Rows per POST; each POST is one job in iMednet.")
-    ] = 500,
-    email_notify: Annotated[
-        str | None,
-        Field(
-            description="Email address iMednet notifies when a job finishes (the "
-            "x-email-notify header). Empty: no email."
-        ),
-    ] = None,
+    records: Records = None,
+    rows_file: RowsFile = None,
+    wait: Wait = True,
+    timeout: Timeout = 300,
+    poll_interval: PollInterval = 5,
+    batch_size: BatchSize = 500,
+    email_notify: EmailNotify = None,
     max_concurrency: Concurrency = 4,
 ) -> UpsertResult:
     """Write rows to a study: all checked first, then POSTed in batches, each row once."""
     logger = get_run_logger()
-    if not records:
-        logger.info("no rows given: nothing sent to %s", study_key)
-        return UpsertResult(study_key=study_key)
-    with imednet_client(max_concurrency) as client:
-        items, modes = _validated(client, study_key, records)
+    params = UpsertParameters.checked(
+        study_key=study_key,
+        records=records,
+        rows_file=rows_file,
+        wait=wait,
+        timeout=timeout,
+        poll_interval=poll_interval,
+        batch_size=batch_size,
+        email_notify=email_notify,
+        max_concurrency=max_concurrency,
+    )
+    rows = params.rows()
+    if params.rows_file is not None:
+        logger.info("%d row(s) read from %s", len(rows), params.rows_file)
+    if not rows:
+        logger.info("no rows given: nothing sent to %s", params.study_key)
+        return UpsertResult(study_key=params.study_key)
+    with imednet_client(params.max_concurrency) as client:
+        items, modes = _validated(client, params.study_key, rows)
         logger.info(
             "%d row(s) valid: %s",
             len(items),
             ", ".join(f"{n} {mode}" for mode, n in modes.items()),
         )
-        outcomes = _post_all(
-            client, study_key, items, batch_size, email_notify, timeout, poll_interval
-        )
-        results = _follow(client, study_key, outcomes, wait, timeout, poll_interval)
+        outcomes = _post_all(client, items, params)
+        results = _follow(client, outcomes, params)
         requests = client.requests
     result = UpsertResult(
-        study_key=study_key,
+        study_key=params.study_key,
         rows=len(items),
         batches=results,
         rows_by_mode=modes,
         batches_by_state=dict(Counter(b.state for b in results)),
         requests=requests,
     )
-    _artifact(result, wait)
-    _fail_unless_done(result, wait)
+    _artifact(result, params.wait)
+    _fail_unless_done(result, params.wait)
     logger.info(
         "%s: %d row(s) in %d batch(es) %s",
-        study_key,
+        params.study_key,
         len(items),
         len(results),
         ", ".join(f"{n} {s}" for s, n in result.batches_by_state.items()),
@@ -158,7 +242,7 @@ def create_or_update_records(
 
 
 def _validated(
-    client: ImednetClient, study_key: str, records: list[dict[str, Any]]
+    client: ImednetClient, study_key: str, records: list[Any]
 ) -> tuple[list[RecordItem], dict[str, int]]:
     """Every row checked against the study before anything is sent; all problems at once."""
     forms = list_forms.submit(client, study_key)
@@ -175,53 +259,63 @@ def _validated(
         records, forms.result(), variables.result(), sites.result(), subjects, intervals.result()
     )
     if errors:
-        rows = len({e.split(":", 1)[0] for e in errors})
-        raise ImednetFlowsError(
-            f"{len(errors)} problem(s) in {rows} of {len(records)} row(s); nothing was sent to "
-            f"study {study_key}. Fix every row listed and run again:\n" + "\n".join(errors)
-        )
+        raise ImednetFlowsError(_problems(errors, len(records), study_key))
     keys = {str(s.get("subjectKey")) for s in subjects}
     modes = Counter(str(detect_mode(item, keys)) for item in items)
     return items, dict(modes)
 
 
+#: Problems listed one per line; beyond this the rest are summed up by row number.
+MAX_LISTED_PROBLEMS = 500
+
+
+def _problems(errors: list[str], total: int, study_key: str) -> str:
+    """Every problem, one line each ("row N: ..."); a file with thousands of bad rows lists
+    the first MAX_LISTED_PROBLEMS and the row numbers of the rest."""
+    numbers = [int(e.split(":", 1)[0].removeprefix("row ")) for e in errors]
+    head = (
+        f"{len(errors)} problem(s) in {len(set(numbers))} of {total} row(s); nothing was "
+        f"sent to study {study_key}. Fix every row listed and run again:\n"
+    )
+    listed = "\n".join(errors[:MAX_LISTED_PROBLEMS])
+    if len(errors) <= MAX_LISTED_PROBLEMS:
+        return head + listed
+    rest = row_ranges(numbers[MAX_LISTED_PROBLEMS:])
+    return f"{head}{listed}\n... and {len(errors) - MAX_LISTED_PROBLEMS} more in rows {rest}"
+
+
 def _mentioned_subjects(records: list[Any]) -> dict[str, list[Any]]:
-    """The subject references the rows make, so only those subjects are fetched."""
-    mentioned: dict[str, list[Any]] = {"subjectKey": [], "subjectId": [], "subjectOid": []}
+    """The subject references the rows make, each once, so only those subjects are fetched
+    (100,000 rows name a few hundred subjects)."""
+    mentioned: dict[str, dict[Any, None]] = {"subjectKey": {}, "subjectId": {}, "subjectOid": {}}
     for row in records:
         if not isinstance(row, dict):
             continue
         for attribute, values in mentioned.items():
             value = row.get(attribute)
             if isinstance(value, str | int) and not isinstance(value, bool):
-                values.append(value if attribute == "subjectId" else str(value))
-    return {a: v for a, v in mentioned.items() if v}
+                values[value if attribute == "subjectId" else str(value)] = None
+    return {a: list(v) for a, v in mentioned.items() if v}
 
 
 def _post_all(
-    client: ImednetClient,
-    study_key: str,
-    items: list[RecordItem],
-    batch_size: int,
-    email_notify: str | None,
-    timeout: float,
-    poll_interval: float,
+    client: ImednetClient, items: list[RecordItem], params: UpsertParameters
 ) -> list[PostOutcome]:
     """Batches go one after another, in row order: a later row for the same record must
     reach the API after an earlier one."""
     outcomes: list[PostOutcome] = []
-    for number, start in enumerate(range(0, len(items), batch_size), start=1):
-        chunk = items[start : start + batch_size]
+    for number, start in enumerate(range(0, len(items), params.batch_size), start=1):
+        chunk = items[start : start + params.batch_size]
         try:
             outcome = create_records(
                 client,
-                study_key,
-                chunk,
+                params.study_key,
+                quote(chunk),  # Prefect would otherwise walk every field of every row
                 number,
                 first_row=start + 1,
-                email_notify=email_notify or None,
-                settle_timeout=timeout,
-                poll_interval=poll_interval,
+                email_notify=params.email_notify or None,
+                timeout=params.timeout,
+                poll_interval=params.poll_interval,
             )
         except ImednetFlowsError as exc:
             raise ImednetFlowsError(
@@ -243,20 +337,15 @@ def _posted_so_far(outcomes: list[PostOutcome], next_row: int, total: int) -> st
 
 
 def _follow(
-    client: ImednetClient,
-    study_key: str,
-    outcomes: list[PostOutcome],
-    wait: bool,
-    timeout: float,
-    poll_interval: float,
+    client: ImednetClient, outcomes: list[PostOutcome], params: UpsertParameters
 ) -> list[BatchResult]:
     """Final state of every batch's job; jobs are polled concurrently."""
     futures: dict[int, PrefectFuture[dict[str, Any]]] = {}
-    if wait:
+    if params.wait:
         for number, outcome in enumerate(outcomes, start=1):
             if outcome.batch_id:
                 futures[number] = wait_for_job.submit(
-                    client, study_key, outcome.batch_id, timeout, poll_interval
+                    client, params.study_key, outcome.batch_id, params.timeout, params.poll_interval
                 )
     results = []
     for number, outcome in enumerate(outcomes, start=1):

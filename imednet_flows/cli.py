@@ -45,7 +45,8 @@ def _main_options(
 @app.command()
 def emulator(
     host: Annotated[
-        str, typer.Option(help="Interface to bind; keep it on loopback.")
+        str,
+        typer.Option(help="Interface to bind; anything but loopback needs --allow-remote."),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one.")] = 0,
     api_key: Annotated[str, typer.Option(help="x-api-key the emulator accepts.")] = DEMO_API_KEY,
@@ -63,10 +64,31 @@ def emulator(
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 1,
     job_delay: Annotated[
-        float, typer.Option(min=0, help="Seconds from POST until a job finishes.")
+        float, typer.Option(min=0, max=3600, help="Seconds from POST until a job finishes.")
     ] = 1.0,
+    allow_remote: Annotated[
+        bool,
+        typer.Option(
+            help="Allow a --host other than loopback. The admin routes have no key: anyone "
+            "who reaches the port can change the data."
+        ),
+    ] = False,
 ) -> None:
     """Serve a seeded iMednet API on loopback until Ctrl-C or SIGTERM."""
+    from imednet_flows.emulator.server import remote_bind_warning
+
+    warning = remote_bind_warning(host)
+    if warning is not None:
+        if not allow_remote:
+            raise typer.BadParameter(
+                f"{host!r} is not a loopback address, and the emulator's admin routes "
+                "(/_emulator/...) have no authentication: anyone on the network could change "
+                "its data. Use 127.0.0.1, or add --allow-remote if you really mean it.",
+                param_hint="--host",
+            )
+        typer.secho(warning, err=True, fg=typer.colors.YELLOW)
+    if len(set(study)) != len(study):
+        raise typer.BadParameter("each study key may be given once", param_hint="--study")
     specs = []
     for n, key in enumerate(study, start=1):
         shape = dict(
@@ -82,10 +104,12 @@ def emulator(
             else StudySpec(subjects=subjects, **shape)
         )
     started = time.perf_counter()
-    handle = Emulator(
-        specs, EmulatorConfig(api_key=api_key, security_key=security_key, job_delay=job_delay)
-    )
-    server = EmulatorServer(handle, host, port)
+    try:
+        config = EmulatorConfig(api_key=api_key, security_key=security_key, job_delay=job_delay)
+        handle = Emulator(specs, config)
+    except ValueError as exc:
+        raise _fail(exc) from None
+    server = EmulatorServer(handle, host, port, warn_remote=False)  # warned above
     counts = {key: handle.counts(key) for key in handle.study_keys}
     typer.echo(
         f"iMednet emulator listening on {server.base_url} "
@@ -365,7 +389,9 @@ def upsert(
             "--rows",
             exists=True,
             dir_okay=False,
-            help="JSON file: a list of rows in the API's POST shape (formKey, data, ...).",
+            help="Rows file: a JSON array of rows, or JSON Lines (one row object per line), "
+            "each in the API's POST shape (formKey, data, ...). The flow run reads the file "
+            "itself: any number of rows, never passed as flow parameters.",
         ),
     ],
     wait: Annotated[bool, typer.Option(help="Wait for the jobs to finish.")] = True,
@@ -374,11 +400,13 @@ def upsert(
 ) -> None:
     """Validate rows, post them in batches and wait for the jobs."""
     from flows.upsert_records import create_or_update_records
+    from imednet_flows.edc.rows_file import read_rows
 
+    path = rows_file.resolve()  # the flow run may not share this working directory
     try:
-        rows = json.loads(rows_file.read_text())
+        read_rows(path)  # a file that holds no rows is refused before any flow run starts
         result = create_or_update_records(
-            study, rows, wait=wait, timeout=timeout, batch_size=batch_size
+            study, rows_file=str(path), wait=wait, timeout=timeout, batch_size=batch_size
         )
     except Exception as exc:
         raise _fail(exc) from None
@@ -454,6 +482,20 @@ def demo(
     from imednet_flows.demo import run_demo
 
     raise typer.Exit(run_demo(subjects=subjects))
+
+
+@app.command()
+def doctor(
+    study: Annotated[
+        str | None,
+        typer.Option("--study", help="Study key to examine (default: the first one visible)."),
+    ] = None,
+) -> None:
+    """Check the keys, study access and every server behaviour the sync relies on
+    (read-only, at most 20 requests); exit 1 if anything failed."""
+    from imednet_flows.doctor import run_doctor
+
+    raise typer.Exit(run_doctor(study))
 
 
 def main() -> None:

@@ -113,11 +113,14 @@ def records_table(
 
 def typed_column(values: list[Any], variable_type: str) -> pa.Array:
     """Values as read (strings) cast by Arrow in one call; a column holding anything Arrow
-    will not cast (typed JSON echoed back, '12.0', stray text) goes value by value through
-    `coerce`, which turns what does not fit into None."""
+    will not cast (typed JSON echoed back, '12.0', stray text, or strings and typed JSON
+    mixed) goes value by value through `coerce`, which turns what does not fit into None.
+    Either way a blank is None, so the path taken never shows in the result."""
     kind = arrow_type(variable_type)
     try:
         raw = pa.array(values, pa.string())
-        return raw if kind == pa.string() else raw.cast(kind)
+        if kind != pa.string():
+            return raw.cast(kind)
+        return pc.if_else(pc.equal(raw, ""), pa.scalar(None, pa.string()), raw)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return pa.array([coerce(v, variable_type) for v in values], kind)

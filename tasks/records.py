@@ -28,17 +28,17 @@ def create_records(
     batch_number: int,
     first_row: int = 1,
     email_notify: str | None = None,
-    settle_timeout: float = 60.0,
+    timeout: float = 60.0,
     poll_interval: float = 1.0,
 ) -> PostOutcome:
-    """POST one batch; after a lost answer, only the rows not found in the study are resent."""
+    """POST one batch; after a lost answer, only rows proven not applied are resent."""
     outcome = batches.post_batch(
         client,
         study_key,
         items,
         email_notify=email_notify,
         first_row=first_row,
-        settle_timeout=settle_timeout,
+        timeout=timeout,
         poll_interval=poll_interval,
     )
     logger = get_run_logger()
@@ -53,7 +53,7 @@ def create_records(
         )
     if outcome.resent_rows:
         logger.info(
-            "batch %d: %d row(s) had not landed and were sent again",
+            "batch %d: %d row(s) proven not applied were sent again",
             batch_number,
             len(outcome.resent_rows),
         )

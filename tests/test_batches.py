@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from imednet_flows.edc.batches import JobTimeout, post_batch, wait_for_job
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.edc.errors import ImednetFlowsError
-from imednet_flows.edc.landing import data_contains, landed_rows, values_match
+from imednet_flows.edc.landing import Landing, data_contains, landed_rows, values_match
 from imednet_flows.edc.validation import (
     Mode,
     RecordItem,
@@ -22,7 +22,9 @@ from imednet_flows.edc.validation import (
     value_problem,
 )
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, Emulator, EmulatorServer
+from imednet_flows.filter_syntax import format_timestamp
 from tests.conftest import SMALL
+from tests.upsert_helpers import same_value
 
 K = SMALL.study_key
 SINCE = datetime(2025, 6, 5, 12, 0, 0, tzinfo=UTC)
@@ -123,14 +125,17 @@ def test_every_problem_of_every_row_is_reported(study: dict[str, list[dict[str, 
     assert "not a JSON object" in by_row[1][0]
     assert any("unexpected field 'fromKey'" in t for t in by_row[2])
     assert any("no formKey or formId" in t for t in by_row[2])
-    assert any("unknown form formId=1" in t for t in by_row[3])
-    assert any("is at site" in t and other_site in t for t in by_row[4])
+    assert any("unknown form: formId names no form of this study" in t for t in by_row[3])
+    assert "the subject is at another site than siteName names" in by_row[4]
     assert any("registered by row 5" in t for t in by_row[6])
     assert by_row[7] == ["data is empty: nothing to write"]
     row8 = " | ".join(by_row[8])
     assert "recordId: Input should be a valid integer, not a boolean" in row8
     assert "'bogus'" in row8 and "cannot be a TEXT value" in row8
-    assert "2.5 is not an integer" in row8
+    assert "aedur (INTEGER): not an integer (got a decimal number)" in row8
+    assert "a list cannot be a TEXT value" in row8
+    # rows are clinical data: no value of theirs is repeated
+    assert not any(v in e for e in errors for v in ("not a row", "N-1", other_site, subject))
 
 
 @pytest.mark.parametrize(
@@ -204,21 +209,25 @@ def test_data_contains_needs_every_posted_key() -> None:
     assert not data_contains(None, {"a": 1})
 
 
+def verdict(found: Landing) -> tuple[set[int], set[int], set[int]]:
+    return set(found.landed), set(found.absent), set(found.undecided)
+
+
 def test_update_lands_only_with_fresh_timestamp_and_data() -> None:
     items = [
         item(formKey="AE", recordId=1, data={"aeterm": "new"}),
         item(formKey="AE", recordId=2, data={"aeterm": "new"}),
         item(formKey="AE", recordId=3, data={"aeterm": "new"}),
         item(formKey="AE", recordOid="REC-4", data={"aeterm": "new"}),
+        item(formKey="AE", recordId=5, data={"aeterm": "new"}),
     ]
     records = [
         rec(1, {"aeterm": "new"}, AT),  # same second as the POST: landed
-        rec(2, {"aeterm": "new"}, BEFORE),  # already so before the POST: not this POST
-        rec(3, {"aeterm": "old"}, AFTER),  # changed since, but not by us
+        rec(2, {"aeterm": "new"}, BEFORE),  # already so before the POST: no trace of it
+        rec(3, {"aeterm": "old"}, AFTER),  # changed since, not to these values: who knows
         rec(4, {"aeterm": "new"}, AFTER),
-    ]
-    found = landed_rows(items, records, SINCE)
-    assert (found.landed, found.undecidable) == ({0, 3}, set())
+    ]  # record 5 did not change since the POST: not even listed
+    assert verdict(landed_rows(items, records, SINCE)) == ({0, 3}, {1, 4}, {2})
 
 
 def test_rows_for_one_record_are_judged_together() -> None:
@@ -226,18 +235,20 @@ def test_rows_for_one_record_are_judged_together() -> None:
         item(formKey="AE", recordId=1, data={"aeterm": "first", "aedur": 1}),
         item(formKey="AE", recordId=1, data={"aeterm": "second"}),
     ]
-    assert landed_rows(items, [rec(1, {"aeterm": "second", "aedur": 1})], SINCE).landed == {0, 1}
+    merged = rec(1, {"aeterm": "second", "aedur": 1})
+    assert verdict(landed_rows(items, [merged], SINCE)) == ({0, 1}, set(), set())
     # the first row's value alone is no evidence: the merged result is what must show
-    assert landed_rows(items, [rec(1, {"aeterm": "first", "aedur": 1})], SINCE).landed == set()
+    partial = rec(1, {"aeterm": "first", "aedur": 1})
+    assert verdict(landed_rows(items, [partial], SINCE)) == (set(), set(), {0, 1})
 
 
 def test_scheduled_rows_resolve_interval_names() -> None:
     row = item(formKey="VS", subjectKey="01-001", intervalName="Week 2", data={"vstemp": 36.6})
     slot = rec(9, {"vstemp": "36.6"}, formKey="VS", intervalId=3)
     elsewhere = rec(10, {"vstemp": "36.6"}, formKey="VS", intervalId=4)
-    assert landed_rows([row], [slot], SINCE, {"Week 2": 3}).landed == {0}
-    assert landed_rows([row], [elsewhere], SINCE, {"Week 2": 3}).landed == set()
-    assert landed_rows([row], [slot], SINCE, {}).undecidable == {0}
+    assert verdict(landed_rows([row], [slot], SINCE, {"Week 2": 3})) == ({0}, set(), set())
+    assert verdict(landed_rows([row], [elsewhere], SINCE, {"Week 2": 3})) == (set(), {0}, set())
+    assert verdict(landed_rows([row], [slot], SINCE, {})) == (set(), set(), {0})
 
 
 def test_new_records_match_one_to_one() -> None:
@@ -250,9 +261,12 @@ def test_new_records_match_one_to_one() -> None:
     both = [*one, rec(21, {"aeterm": "Rash"}, created=AFTER)]
     assert landed_rows(twins, both, SINCE).landed == {0, 1}
     old = [rec(22, {"aeterm": "Rash"}, created=BEFORE)]
-    assert landed_rows(twins, old, SINCE).landed == set()
-    deleted = [rec(23, {"aeterm": "Rash"}, created=AFTER, deleted=True)]
-    assert landed_rows(twins, deleted, SINCE).landed == set()
+    assert verdict(landed_rows(twins, old, SINCE)) == (set(), {0, 1}, set())
+    # a record created since that shows other values, or was deleted since: a trace
+    other = [rec(23, {"aeterm": "Itch"}, created=AFTER)]
+    assert verdict(landed_rows(twins, other, SINCE)) == (set(), set(), {0, 1})
+    deleted = [rec(24, {"aeterm": "Rash"}, created=AFTER, deleted=True)]
+    assert verdict(landed_rows(twins, deleted, SINCE)) == (set(), set(), {0, 1})
 
 
 def test_new_record_matching_is_not_greedy() -> None:
@@ -269,7 +283,34 @@ def test_what_cannot_be_decided() -> None:
     anonymous = item(formKey="REG", siteName="Minneapolis", data={"reginit": "A"})
     no_dates = item(formKey="AE", recordId=1, data={"aeterm": "x"})
     found = landed_rows([anonymous, no_dates], [rec(1, {"aeterm": "x"}, "")], SINCE)
-    assert (found.landed, found.undecidable) == (set(), {0, 1})
+    assert verdict(found) == (set(), set(), {0, 1})
+
+
+POSTED = {"aedur": 3, "aeongo": True, "aeser": False, "vstemp": 36.6, "aestdt": "2025-01-31"}
+AS_STRINGS = {"aedur": "3", "aeongo": "true", "aeser": "false", "vstemp": "36.6"}
+
+
+@pytest.mark.parametrize("form", ["typed", "strings"])
+def test_read_back_values_in_either_form(form: str) -> None:
+    """The emulator echoes typed JSON; the API sends every value as a string. Both land,
+    and a value that differs is a trace (undecided) in both forms, never absent."""
+    shown = {**POSTED, **AS_STRINGS} if form == "strings" else dict(POSTED)
+    cleared = {"aeterm": ""} if form == "strings" else {"aeterm": None}
+    data = {**POSTED, "aeterm": None}
+    rows = [
+        item(formKey="AE", recordId=1, data=data),
+        item(formKey="VS", subjectKey="01-001", intervalId=3, data=data),
+        item(formKey="AE", subjectKey="01-002", data=data),
+        item(formKey="AE", recordId=4, data=data),
+    ]
+    changed = {**shown, "aedur": "4" if form == "strings" else 4}
+    records = [
+        rec(1, {**shown, **cleared}),
+        rec(2, {**shown, **cleared}, formKey="VS", intervalId=3),
+        rec(3, {**shown, **cleared}, created=AFTER, subjectKey="01-002", subjectId=2),
+        rec(4, {**changed, **cleared}),
+    ]
+    assert verdict(landed_rows(rows, records, SINCE)) == ({0, 1, 2}, set(), {3})
 
 
 # --------------------------------------------------------------------------- over HTTP
@@ -295,13 +336,13 @@ def _posts(server: EmulatorServer) -> list[Any]:
     return [e for e in server.emulator.requests() if e.method == "POST"]
 
 
-def test_without_jobs_listing_the_read_back_waits_blind(
+def test_without_jobs_listing_the_read_back_waits_for_the_late_job(
     fresh_emulator: EmulatorServer, client: ImednetClient
 ) -> None:
     """A server without GET jobs (404): re-reading until the late job lands, no resend."""
     fresh_emulator.emulator.config.job_delay = 0.5
+    fresh_emulator.emulator.config.jobs_listing = False
     fresh_emulator.emulator.add_fault("commit_then_502", route="records", method="POST")
-    fresh_emulator.emulator.add_fault("status", status=404, route="jobs", method="GET")
     outcome = post_batch(client, K, [_new_ae(fresh_emulator, "Blind")], poll_interval=0.05)
     assert (outcome.job, outcome.confirmed_rows) == (None, [1])
     assert len(_posts(fresh_emulator)) == 1 and _count(fresh_emulator, "Blind") == 1
@@ -345,9 +386,52 @@ def test_undecidable_rows_stop_the_batch(
     site = fresh_emulator.emulator.rows(K, "sites")[0]["siteName"]
     anonymous = item(formKey="REG", siteName=site, data={"reginit": "ZZ"})
     fresh_emulator.emulator.add_fault("commit_then_502", route="records", method="POST")
-    with pytest.raises(ImednetFlowsError, match=r"Rows 2 cannot be checked .* nothing was resent"):
+    with pytest.raises(ImednetFlowsError, match=r"nothing was sent again\. Undecided: rows 2,"):
         post_batch(client, K, [_new_ae(fresh_emulator, "Known"), anonymous], poll_interval=0.05)
     assert len(_posts(fresh_emulator)) == 1
+
+
+def test_a_target_changed_by_someone_else_is_not_resent(
+    fresh_emulator: EmulatorServer, client: ImednetClient
+) -> None:
+    """Our job failed, but another user changed the record since the POST: the record shows
+    neither our values nor no change at all, so the row is undecided and not sent again."""
+    emulator = fresh_emulator.emulator
+    target = next(r for r in emulator.rows(K, "records") if r["formKey"] == "AE")
+    emulator.add_job_outcome("failed")
+    emulator.add_fault("commit_then_502", route="records", method="POST")
+    submit = emulator.submit
+
+    def and_another_user_edits(*args: Any, **kwargs: Any) -> Any:
+        job = submit(*args, **kwargs)
+        submit(K, [{"formKey": "AE", "recordId": target["recordId"], "data": {"aeterm": "B"}}])
+        return job
+
+    emulator.submit = and_another_user_edits  # type: ignore[method-assign]
+    row = item(formKey="AE", recordId=target["recordId"], data={"aeterm": "ours"})
+    with pytest.raises(ImednetFlowsError, match=r"Undecided: rows 1, because every job"):
+        post_batch(client, K, [row], poll_interval=0.05)
+    assert len(_posts(fresh_emulator)) == 1
+
+
+def test_the_servers_clock_decides_what_changed_since_the_post(
+    fresh_emulator: EmulatorServer, client: ImednetClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API's clock runs an hour behind this machine's: its timestamps on the applied
+    rows are still recognised as "since the POST", so nothing is sent twice."""
+    clock = fresh_emulator.emulator.state.clock
+    monkeypatch.setattr(
+        clock, "now", lambda: format_timestamp(datetime.now(UTC) - timedelta(hours=1))
+    )
+    fresh_emulator.emulator.add_fault("commit_then_502", route="records", method="POST")
+    target = next(r for r in fresh_emulator.emulator.rows(K, "records") if r["formKey"] == "AE")
+    rows = [
+        item(formKey="AE", recordId=target["recordId"], data={"aeterm": "behind"}),
+        _new_ae(fresh_emulator, "Behind"),
+    ]
+    outcome = post_batch(client, K, rows, poll_interval=0.05)
+    assert (outcome.job, outcome.confirmed_rows, outcome.resent_rows) == (None, [1, 2], [])
+    assert len(_posts(fresh_emulator)) == 1 and _count(fresh_emulator, "Behind") == 1
 
 
 def test_wait_for_job_terminal_states_and_timeout(
@@ -362,3 +446,20 @@ def test_wait_for_job_terminal_states_and_timeout(
     with pytest.raises(JobTimeout, match=stuck) as caught:
         wait_for_job(client, K, stuck, 0.2, 0.05)
     assert caught.value.state == "PROCESSING"
+
+
+@pytest.mark.parametrize(
+    ("posted", "shown", "same"),
+    [
+        (7, 7, True),
+        (7, "7", True),
+        (36.6, "36.6", True),
+        (True, "true", True),
+        (False, True, False),
+        (None, "", True),
+        ("x", "x", True),
+        (7, "8", False),
+    ],
+)
+def test_the_tests_compare_either_read_back_form(posted: Any, shown: Any, same: bool) -> None:
+    assert same_value(posted, shown) is same

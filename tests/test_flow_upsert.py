@@ -7,6 +7,7 @@ from them afterwards), never from the code under test.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,7 +86,12 @@ def test_update_existing_record(fresh_emulator: EmulatorServer, imednet_env: Env
         K, [{"formKey": "AE", "recordId": target["recordId"], "data": data}], **FAST
     )
     after = record(fresh_emulator, target["recordId"])
-    assert {k: after["recordData"][k] for k in data} == data
+    # read back as the API returns values: text (CONTRACT §3, the spec's ExampleRecordsList)
+    assert {k: after["recordData"][k] for k in data} == {
+        "aeterm": "Migraine",
+        "aedur": "7",
+        "aeongo": "true",
+    }
     assert revisions(fresh_emulator, target["recordId"]) == before + 1
     assert len(posts(fresh_emulator)) == 1
     job = next(iter(fresh_emulator.emulator.jobs.values()))
@@ -112,7 +118,8 @@ def test_scheduled_upsert_updates_the_slot(
         "data": {"vssysbp": 131, "vstemp": "36.9"},
     }
     result = create_or_update_records(K, [row], **FAST)
-    assert record(fresh_emulator, target["recordId"])["recordData"]["vssysbp"] == 131
+    stored = record(fresh_emulator, target["recordId"])["recordData"]
+    assert (stored["vssysbp"], stored["vstemp"]) == ("131", "36.9")
     assert len(rows(fresh_emulator, "records")) == count
     assert revisions(fresh_emulator, target["recordId"]) == before + 1
     assert result.rows_by_mode == {"update scheduled record": 1}
@@ -145,7 +152,12 @@ def test_registration(fresh_emulator: EmulatorServer, imednet_env: Env) -> None:
     subjects = [s for s in rows(fresh_emulator, "subjects") if s["subjectKey"] == key]
     assert len(subjects) == 1 and subjects[0]["siteId"] == site["siteId"]
     created = [r for r in rows(fresh_emulator, "records") if r["subjectKey"] == key]
-    assert len(created) == 1 and created[0]["recordData"] == data
+    assert len(created) == 1 and created[0]["recordData"] == {
+        "regdt": "2025-05-01",
+        "reginit": "ABC",
+        "regyob": "1980",
+        "regelig": "true",
+    }
     assert revisions(fresh_emulator, created[0]["recordId"]) == 1
     assert result.rows_by_mode == {"register subject": 1}
 
@@ -183,16 +195,16 @@ def test_every_bad_row_is_listed_and_nothing_is_posted(
         assert f"\nrow {number}: " in message, number
     assert "row 1:" not in message
     for phrase in (
-        "unknown form formKey='NOPE'",
-        "'notavariable'",
-        "unknown site siteName='Atlantis'",
-        "unknown subject subjectKey='99-999'",
-        "unknown interval intervalName='Week 99'",
-        "'three' is not an integer",
-        "'warm' is not a number",
-        "not a date in YYYY-MM-DD form",
-        "'yes' is not true or false",
-        "12 is not text",
+        "row 2: unknown form: formKey names no form of this study",
+        "row 3: unknown variable(s) 'notavariable' on form AE",
+        "row 4: unknown site: siteName names no site of this study",
+        "row 5: unknown subject: subjectKey names no subject of this study",
+        "row 6: unknown interval: intervalName names no interval of this study",
+        "row 7: aedur (INTEGER): not an integer (got text that does not fit)",
+        "row 8: vstemp (NUMBER): not a number (got text that does not fit)",
+        "row 9: aestdt (DATE): not a date in YYYY-MM-DD form (got text that does not fit)",
+        "row 10: aeongo (CHECKBOX): not true or false (got text that does not fit)",
+        "row 11: aeterm (TEXT): not text (quote it) (got a whole number)",
         "no formKey or formId",
         "no data",
         "nothing places the row",
@@ -200,6 +212,10 @@ def test_every_bad_row_is_listed_and_nothing_is_posted(
         "nothing was sent",
     ):
         assert phrase in message, phrase
+    # the rows' values are clinical data: none of them is repeated back
+    for value in ("NOPE", "Atlantis", "99-999", "Week 99", "three", "warm", "05/01/2025"):
+        assert value not in message, value
+    assert "'yes'" not in message and "'red'" not in message and subject not in message
     assert posts(fresh_emulator) == []
 
 
@@ -304,6 +320,168 @@ def test_429_is_resent_and_lands_once(fresh_emulator: EmulatorServer, imednet_en
     assert result.batches[0].state == "COMPLETED" and result.batches[0].resent_rows == []
 
 
+# --------------------------------------------------------------------------- undecided answers
+
+
+def ae_updates(server: EmulatorServer, n: int, term: str, skip: int = 0) -> list[dict[str, Any]]:
+    """`n` update rows, each for a different live AE record."""
+    targets = live(server, "AE")[skip : skip + n]
+    assert len(targets) == n
+    return [
+        {"formKey": "AE", "recordId": r["recordId"], "data": {"aeterm": f"{term} {i}"}}
+        for i, r in enumerate(targets, start=1)
+    ]
+
+
+def revision_counts(server: EmulatorServer, batch: list[dict[str, Any]]) -> list[int]:
+    return [revisions(server, row["recordId"]) for row in batch]
+
+
+def settle_jobs(server: EmulatorServer, timeout: float = 15) -> None:
+    """Wait (bounded) until every job the emulator holds has ended, so a late duplicate would
+    show in the revision counts."""
+    deadline = time.monotonic() + timeout
+    while any(j.state not in ("completed", "failed", "cancelled") for j in jobs_of(server)):
+        assert time.monotonic() < deadline, "jobs still running"
+        time.sleep(0.05)
+
+
+def jobs_of(server: EmulatorServer) -> list[Any]:
+    server.emulator.advance_jobs()
+    return list(server.emulator.jobs.values())
+
+
+def lose_jobs_listing(server: EmulatorServer, how: str) -> None:
+    if how == "404":
+        server.emulator.config.jobs_listing = False
+    else:  # every GET .../jobs fails, retries included (the route also covers jobs/{id})
+        server.emulator.add_fault("status", status=503, route="jobs", method="GET", count=None)
+
+
+@pytest.mark.parametrize("how", ["404", "503"], ids=["jobs-listing-404", "jobs-listing-5xx"])
+def test_slow_job_behind_a_lost_answer_is_never_posted_twice(
+    fresh_emulator: EmulatorServer, imednet_env: Env, how: str
+) -> None:
+    """The answer to the POST is lost, the server cannot list jobs, and the job is slower
+    than the run's timeout: nothing proves the rows absent, so the run fails naming them and
+    nothing is sent again. Once the job ends, every row was applied exactly once."""
+    imednet_env(fresh_emulator)
+    lose_jobs_listing(fresh_emulator, how)
+    fresh_emulator.emulator.config.job_delay = 1.5
+    fresh_emulator.emulator.add_fault("commit_then_502", route="records", method="POST")
+    batch = ae_updates(fresh_emulator, 5, "late")
+    before = revision_counts(fresh_emulator, batch)
+    with pytest.raises(ImednetFlowsError) as caught:
+        create_or_update_records(K, batch, timeout=0.5, poll_interval=0.05)
+    assert len(posts(fresh_emulator)) == 1
+    message = str(caught.value)
+    assert "batch 1 (rows 1-5)" in message and "Undecided: rows 1-5" in message
+    assert "nothing was sent again" in message and "check in iMednet" in message
+    settle_jobs(fresh_emulator)
+    assert revision_counts(fresh_emulator, batch) == [n + 1 for n in before]
+    for row in batch:
+        assert (
+            record(fresh_emulator, row["recordId"])["recordData"]["aeterm"] == row["data"]["aeterm"]
+        )
+
+
+@pytest.mark.parametrize("job_delay", [0.0, 0.4], ids=["job-done", "job-lands-later"])
+def test_without_jobs_listing_a_lost_answer_is_confirmed_by_reading_back(
+    fresh_emulator: EmulatorServer, imednet_env: Env, job_delay: float
+) -> None:
+    imednet_env(fresh_emulator)
+    lose_jobs_listing(fresh_emulator, "404")
+    fresh_emulator.emulator.config.job_delay = job_delay
+    fresh_emulator.emulator.add_fault("commit_then_502", route="records", method="POST")
+    batch = ae_updates(fresh_emulator, 5, "confirmed")
+    before = revision_counts(fresh_emulator, batch)
+    result = create_or_update_records(K, batch, **FAST)
+    assert [(b.state, b.confirmed_rows, b.resent_rows) for b in result.batches] == [
+        ("CONFIRMED", [1, 2, 3, 4, 5], [])
+    ]
+    assert len(posts(fresh_emulator)) == 1
+    assert revision_counts(fresh_emulator, batch) == [n + 1 for n in before]
+
+
+def test_stuck_job_behind_a_lost_answer_fails_naming_it(
+    fresh_emulator: EmulatorServer, imednet_env: Env
+) -> None:
+    imednet_env(fresh_emulator)
+    fresh_emulator.emulator.add_job_outcome("stuck")
+    fresh_emulator.emulator.add_fault("commit_then_502", route="records", method="POST")
+    batch = ae_updates(fresh_emulator, 3, "stuck")
+    before = [record(fresh_emulator, row["recordId"]) for row in batch]
+    with pytest.raises(ImednetFlowsError) as caught:
+        create_or_update_records(K, batch, timeout=0.5, poll_interval=0.05)
+    (job,) = jobs_of(fresh_emulator)
+    message = str(caught.value)
+    assert job.batch_id in message and "Undecided: rows 1-3" in message
+    assert len(posts(fresh_emulator)) == 1
+    assert [record(fresh_emulator, row["recordId"]) for row in batch] == before
+
+
+@pytest.mark.parametrize("outcome", ["failed", "cancelled"])
+def test_ended_job_behind_a_lost_answer_proves_the_rows_absent(
+    fresh_emulator: EmulatorServer, imednet_env: Env, outcome: str
+) -> None:
+    """The job ended without applying anything and the records show no change since the
+    POST: only then are the rows sent again, once."""
+    imednet_env(fresh_emulator)
+    fresh_emulator.emulator.add_job_outcome(outcome)
+    fresh_emulator.emulator.add_fault("commit_then_502", route="records", method="POST")
+    batch = ae_updates(fresh_emulator, 5, outcome)
+    before = revision_counts(fresh_emulator, batch)
+    result = create_or_update_records(K, batch, **FAST)
+    assert [(b.state, b.resent_rows) for b in result.batches] == [("COMPLETED", [1, 2, 3, 4, 5])]
+    assert [(e.status, e.items) for e in posts(fresh_emulator)] == [(502, 5), (202, 5)]
+    assert revision_counts(fresh_emulator, batch) == [n + 1 for n in before]
+
+
+def test_only_the_interrupted_second_batch_is_recovered(
+    fresh_emulator: EmulatorServer, imednet_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch 1 is answered, its job still running; batch 2's answer is lost. Batch 2 is
+    confirmed by reading back after both jobs end; nothing is posted twice."""
+    imednet_env(fresh_emulator)
+    emulator = fresh_emulator.emulator
+    emulator.config.job_delay = 0.5
+    submit = emulator.submit
+
+    def submit_then_break_the_next_answer(*args: Any, **kwargs: Any) -> Any:
+        job = submit(*args, **kwargs)
+        if len(emulator.jobs) == 1:  # the first POST is handled: the second one's answer is lost
+            emulator.add_fault("commit_then_502", route="records", method="POST")
+        return job
+
+    monkeypatch.setattr(emulator, "submit", submit_then_break_the_next_answer)
+    batch = ae_updates(fresh_emulator, 6, "two batches")
+    before = revision_counts(fresh_emulator, batch)
+    result = create_or_update_records(K, batch, batch_size=3, **FAST)
+    assert [(b.first_row, b.state, b.resent_rows) for b in result.batches] == [
+        (1, "COMPLETED", []),
+        (4, "CONFIRMED", []),
+    ]
+    assert result.batches[1].confirmed_rows == [4, 5, 6]
+    assert [(e.status, e.items) for e in posts(fresh_emulator)] == [(202, 3), (502, 3)]
+    assert revision_counts(fresh_emulator, batch) == [n + 1 for n in before]
+
+
+def test_registration_is_resent_when_no_job_was_created(
+    fresh_emulator: EmulatorServer, imednet_env: Env
+) -> None:
+    """A registration without subjectKey cannot be found by reading back; but a 503 before
+    the API took the POST leaves no job created since, which proves it absent."""
+    imednet_env(fresh_emulator)
+    site = rows(fresh_emulator, "sites")[0]
+    subjects = len(rows(fresh_emulator, "subjects"))
+    fresh_emulator.emulator.add_fault("status", status=503, route="records", method="POST")
+    row = {"formKey": "REG", "siteName": site["siteName"], "data": {"reginit": "NEW"}}
+    result = create_or_update_records(K, [row], **FAST)
+    assert [(b.state, b.resent_rows) for b in result.batches] == [("COMPLETED", [1])]
+    assert [e.status for e in posts(fresh_emulator)] == [503, 202]
+    assert len(rows(fresh_emulator, "subjects")) == subjects + 1
+
+
 # --------------------------------------------------------------------------- job outcomes
 
 
@@ -364,7 +542,7 @@ def test_parameters_are_described_in_the_ui_schema() -> None:
     schema = parameter_schema(create_or_update_records.fn).model_dump()
     properties = schema["properties"]
     assert all(p.get("description") for p in properties.values()), properties
-    assert properties["batch_size"]["minimum"] == 1 and schema["required"] == [
-        "study_key",
-        "records",
-    ]
+    assert properties["batch_size"]["minimum"] == 1
+    # rows come as records or as rows_file (any size): neither alone is required
+    assert schema["required"] == ["study_key"]
+    assert "JSON Lines" in properties["rows_file"]["description"]

@@ -48,6 +48,7 @@ from imednet_flows.cache.snapshots import (
     record_select,
 )
 from imednet_flows.frames import records_table
+from imednet_flows.values import as_text
 
 Filters = list[tuple[str, Any]]
 
@@ -116,8 +117,9 @@ def get_cached_records(
     With ``form_key``: one row per record of that form, the metadata columns of
     frames.RECORD_COLUMNS plus one typed column per variable of the form (as in
     ``forms/{form}.parquet``). Without it, forms have different variables, so the frame has
-    the metadata columns plus ``recordData``, a column of dicts (the API's string values);
-    pass a form key to get typed values.
+    the metadata columns plus ``recordData``, a column of dicts of the API's string values
+    (typed JSON a server echoed is turned into that text, so one variable never mixes
+    types and the frame can be written to Parquet); pass a form key to get typed values.
     """
     filters: Filters = []
     if form_key is not None:
@@ -136,7 +138,9 @@ def get_cached_records(
         rows = conn.execute(sql, args).fetchall()
         if form_key is None:
             frame = record_meta_table(rows).to_pandas(types_mapper=pd.ArrowDtype)
-            frame["recordData"] = pd.Series([orjson.loads(r[-1]) for r in rows], dtype=object)
+            frame["recordData"] = pd.Series(
+                [_text_values(orjson.loads(r[-1])) for r in rows], dtype=object
+            )
             return frame
         variables = [
             orjson.loads(r[0])
@@ -147,6 +151,10 @@ def get_cached_records(
         ]
     records = [record_dict(names, row, parse_data=True) for row in rows]
     return records_table(records, variables, [form_key]).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _text_values(data: dict[str, Any]) -> dict[str, str | None]:
+    return {name: as_text(value) for name, value in data.items()}
 
 
 def get_cached_subjects(

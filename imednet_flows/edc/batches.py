@@ -6,9 +6,12 @@ idempotent: SDK 0.5.0 resends it after a 5xx, but a 5xx or a dropped
 connection can come after the API already accepted the batch
 ("commit-then-502"), and a blind resend then writes every row twice (a second
 revision per record, a second unscheduled record, a second subject). So a
-batch is POSTed once; after an ambiguous failure the target records are read
-back (`landing` decides which rows are there), and only the rows that did not
-land are sent again, once. The rows are checked before any of this, in `validation`.
+batch is POSTed once. After an ambiguous failure a row is sent again only when
+it is proven absent: the jobs listing works, every job created since the POST
+has ended, and reading back (`landing`) finds no trace of the row, or no job was
+created at all. A slow job, a stuck one or a server without the jobs listing
+leaves the rows undecided: the batch stops within the caller's timeout, naming
+them. The rows are checked before any of this, in `validation`.
 
 Row numbers in every message are 1-based, counted over the whole input.
 
@@ -17,12 +20,13 @@ No Prefect imports: the tasks in `tasks/records.py` wrap these functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -34,8 +38,14 @@ from imednet_flows.edc.criteria import restricted
 from imednet_flows.edc.errors import ImednetFlowsError, explain
 from imednet_flows.edc.landing import Landing, at_or_after, landed_rows, since_for
 from imednet_flows.edc.paging import iter_items
-from imednet_flows.edc.validation import RECORD_FIELDS, SUBJECT_FIELDS, RecordItem
-from imednet_flows.filter_syntax import Dnf, format_timestamp, quote_value
+from imednet_flows.edc.validation import RECORD_FIELDS, SUBJECT_FIELDS, RecordItem, row_ranges
+from imednet_flows.filter_syntax import (
+    Dnf,
+    FilterError,
+    format_timestamp,
+    parse_timestamp,
+    quote_value,
+)
 
 logger = logging.getLogger("imednet_flows.batches")
 
@@ -46,11 +56,8 @@ TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 #: Of those, the only one in which the rows were applied. The SDK's JobPoller returns
 #: CANCELLED as if it had succeeded; here it is a failure.
 SUCCESS_STATE = "COMPLETED"
-#: POSTs per batch at most: the first, and one resend of the rows that did not land.
+#: POSTs per batch at most: the first, and one resend of the rows proven absent.
 MAX_POSTS = 2
-#: Without `GET jobs` there is no way to see a job still queued, so an interrupted POST is
-#: re-read for this long (at most) before its missing rows count as not sent.
-BLIND_SETTLE_SECONDS = 30.0
 
 
 # --------------------------------------------------------------------------- jobs
@@ -100,24 +107,6 @@ def wait_for_job(
         sleep(min(poll_interval, remaining))
 
 
-def recent_jobs(client: ImednetClient, study_key: str, since: datetime) -> list[Row] | None:
-    """Jobs created since `since`, from the optional `GET jobs` extension; None when the
-    server does not offer it (404) or will not answer."""
-    try:
-        payload = client.get(
-            study_path(study_key, "jobs"),
-            {"filter": f"studyKey=={quote_value(study_key)}"},
-            what=f"listing jobs of study {study_key}",
-        )
-    except ImednetFlowsError as exc:
-        if not isinstance(exc.__cause__, NotFoundError):
-            logger.warning("cannot list jobs, waiting blind: %s", exc)
-        return None
-    if not isinstance(payload, list):
-        return None
-    return [j for j in payload if isinstance(j, dict) and at_or_after(j.get("dateCreated"), since)]
-
-
 # --------------------------------------------------------------------------- safe posting
 
 
@@ -131,7 +120,7 @@ class PostOutcome(BaseModel):
     job: dict[str, Any] | None = None
     #: Row numbers found in the study after an interrupted POST: not sent again.
     confirmed_rows: list[int] = Field(default_factory=list)
-    #: Row numbers sent a second time because they had not landed.
+    #: Row numbers sent a second time because they were proven absent.
     resent_rows: list[int] = Field(default_factory=list)
     #: What interrupted each POST that did not get an answer.
     interruptions: list[str] = Field(default_factory=list)
@@ -151,8 +140,7 @@ class _Batch:
     study_key: str
     items: list[RecordItem]
     first_row: int
-    since: datetime
-    settle_timeout: float
+    timeout: float
     poll_interval: float
     clock: Callable[[], float]
     sleep: Callable[[float], None]
@@ -161,7 +149,7 @@ class _Batch:
         return sorted(self.first_row + i for i in indexes)
 
     def describe(self, indexes: Iterable[int]) -> str:
-        return _ranges(self.numbers(indexes))
+        return row_ranges(self.numbers(indexes)) or "none"
 
 
 def post_batch(
@@ -171,29 +159,27 @@ def post_batch(
     *,
     email_notify: str | None = None,
     first_row: int = 1,
-    settle_timeout: float = 60.0,
+    timeout: float = 60.0,
     poll_interval: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PostOutcome:
     """POST a batch so that each row is applied once, even when the answer is lost.
 
-    A 429 is resent by the client (nothing was created). A 5xx or a dropped connection
-    leaves it open whether the API took the batch: jobs started since the POST are waited
-    for, the target records read back, and only the rows not found are POSTed again, once.
-    Rows that cannot be checked stop the batch with their row numbers; nothing is guessed.
+    A 429 is resent by the client (nothing was created). After a 5xx or a dropped
+    connection the API may have taken the batch, so rows are sent again only once they are
+    proven absent (`_decide`); rows that cannot be decided within `timeout` stop the batch
+    with their row numbers, and nothing is guessed.
     """
     if not items:
         return PostOutcome(first_row=first_row, rows=0)
-    since = since_for(datetime.now(UTC))
-    batch = _Batch(
-        client, study_key, items, first_row, since, settle_timeout, poll_interval, clock, sleep
-    )
+    batch = _Batch(client, study_key, items, first_row, timeout, poll_interval, clock, sleep)
     outcome = PostOutcome(first_row=first_row, rows=len(items))
     pending = list(range(len(items)))
     for attempt in range(1, MAX_POSTS + 1):
         if attempt > 1:
             outcome.resent_rows = batch.numbers(pending)
+        started = clock()
         try:
             outcome.job = _post(
                 client, study_key, [items[i].to_api() for i in pending], email_notify
@@ -206,18 +192,16 @@ def post_batch(
             raise explain(
                 exc, f"posting rows {batch.describe(pending)} to study {study_key}"
             ) from exc
-        landing = _settle_and_read_back(batch, pending)
-        if landing.undecidable:
-            raise _undecided(batch, pending, landing)
-        outcome.confirmed_rows = sorted({*outcome.confirmed_rows, *batch.numbers(landing.landed)})
-        pending = [i for i in pending if i not in landing.landed]
+        landed, absent = _decide(batch, pending, started, outcome)
+        outcome.confirmed_rows = sorted({*outcome.confirmed_rows, *batch.numbers(landed)})
+        pending = sorted(absent)
         if not pending:
             return outcome
     raise ImednetFlowsError(
         f"rows {batch.describe(pending)} of study {study_key} are still not in the study after "
         f"{MAX_POSTS} POSTs ({'; '.join(outcome.interruptions)}), and are not sent again. "
-        f"Rows {_ranges(outcome.confirmed_rows) or 'none'} were applied. Re-run with only the "
-        "missing rows once the API is healthy."
+        f"Rows {row_ranges(outcome.confirmed_rows) or 'none'} were applied. Re-run with only "
+        "the missing rows once the API is healthy."
     )
 
 
@@ -236,63 +220,150 @@ def _interruption(exc: Exception, attempt: int) -> str:
     return f"POST {attempt} got no answer ({what}); the API may have applied it anyway"
 
 
-def _settle_and_read_back(batch: _Batch, pending: list[int]) -> Landing:
-    """Wait for the jobs that may carry the batch, then compare what the study shows."""
-    deadline = batch.clock() + batch.settle_timeout
-    if _wait_for_recent_jobs(batch, deadline):
-        return _read_back(batch, pending)
-    blind_until = batch.clock() + min(batch.settle_timeout, BLIND_SETTLE_SECONDS)
+# --------------------------------------------------------------------------- deciding
+
+
+class Undecided(ImednetFlowsError):
+    """Rows of an interrupted POST that could be neither found nor proven absent."""
+
+
+@dataclass
+class _Jobs:
+    """What the optional `GET jobs` said about jobs created since the POST."""
+
+    #: None when the listing is unavailable: nothing can be proven absent then.
+    recent: list[Row] | None
+    why_not: str = ""
+    #: 404: the server has no such listing, asking again is pointless.
+    missing: bool = False
+
+    @property
+    def open(self) -> list[Row]:
+        return [j for j in self.recent or [] if job_state(j) not in TERMINAL_STATES]
+
+
+def _decide(
+    batch: _Batch, pending: list[int], started: float, outcome: PostOutcome
+) -> tuple[frozenset[int], frozenset[int]]:
+    """(landed, absent) among `pending` after a POST that began at `started` got no answer.
+
+    Absent is proven only when the jobs listing works, every job created since the POST
+    has ended, and then either no job was created at all or reading back finds no trace of
+    the rows. Jobs are listed before reading back: a job that ends in between would
+    otherwise leave a stale "absent". Without the listing, reading back can still find the
+    rows applied, but never prove them absent. Every wait ends at `timeout`.
+    """
+    deadline = batch.clock() + batch.timeout
+    since = _server_since(batch, started)
+    jobs: _Jobs | None = None
     while True:
-        landing = _read_back(batch, pending)
-        if landing.undecidable or len(landing.landed) == len(pending):
-            return landing
-        if batch.clock() >= blind_until:
-            return landing
-        batch.sleep(batch.poll_interval)
+        if jobs is None or not jobs.missing:
+            jobs = _recent_jobs(batch, since)
+        if jobs.recent is not None and not jobs.open:
+            landing = _read_back(batch, pending, since, outcome)
+            if not jobs.recent:  # the POST created no job: nothing of it can apply
+                return landing.landed, frozenset(pending) - landing.landed
+            if landing.undecided:
+                raise _undecided(
+                    batch,
+                    landing,
+                    since,
+                    outcome,
+                    "every job created since the POST has ended, but reading back cannot "
+                    "tell these rows from rows not applied (a registration without "
+                    "subjectKey, a target changed since to other values, or no timestamps)",
+                    proven=True,
+                )
+            return landing.landed, landing.absent
+        landing = _read_back(batch, pending, since, outcome)
+        if len(landing.landed) == len(pending):
+            return landing.landed, frozenset()
+        remaining = deadline - batch.clock()
+        if remaining <= 0:
+            raise _undecided(batch, landing, since, outcome, _why_open(jobs, batch.timeout))
+        batch.sleep(min(batch.poll_interval, remaining))
 
 
-def _wait_for_recent_jobs(batch: _Batch, deadline: float) -> bool:
-    """False when the server cannot list jobs: then there is nothing to wait for but time."""
-    jobs = recent_jobs(batch.client, batch.study_key, batch.since)
-    if jobs is None:
-        return False
-    for job in jobs:
-        if job_state(job) in TERMINAL_STATES or not job.get("batchId"):
-            continue
-        try:
-            wait_for_job(
-                batch.client,
-                batch.study_key,
-                str(job["batchId"]),
-                max(0.0, deadline - batch.clock()),
-                batch.poll_interval,
-                clock=batch.clock,
-                sleep=batch.sleep,
-            )
-        except JobTimeout as exc:
-            raise ImednetFlowsError(
-                f"cannot tell whether rows {batch.describe(range(len(batch.items)))} reached "
-                f"study {batch.study_key}: job {exc.batch_id}, started after the interrupted "
-                f"POST, is still {exc.state} after {batch.settle_timeout:g} s. Nothing was "
-                "resent; check that job in iMednet before re-running these rows."
-            ) from exc
-    return True
+def _why_open(jobs: _Jobs, timeout: float) -> str:
+    if jobs.recent is None:
+        return (
+            f"{jobs.why_not}, so a job still queued cannot be ruled out, and reading back "
+            f"did not find them within {timeout:g} s"
+        )
+    shown = ", ".join(f"{j.get('batchId')} ({job_state(j) or '?'})" for j in jobs.open[:5])
+    more = f" and {len(jobs.open) - 5} more" if len(jobs.open) > 5 else ""
+    return f"job(s) created since the POST had not ended after {timeout:g} s: {shown}{more}"
 
 
-def _read_back(batch: _Batch, pending: list[int]) -> Landing:
+def _server_since(batch: _Batch, started: float) -> datetime:
+    """When the POST began, on the server's clock, to the whole second.
+
+    Record and job timestamps come from the server's clock; a client clock ahead of it
+    would hide the rows' own changes and make them look absent. The server's time is read
+    now and the time elapsed since the POST began is taken off. Only if the server gives
+    no usable time is the client clock used.
+    """
+    payload: Any = None
+    with contextlib.suppress(ImednetFlowsError):
+        payload = batch.client.get(
+            study_path(batch.study_key, "forms"),
+            {"page": 0, "size": 1},
+            what=f"reading the server's clock for study {batch.study_key}",
+        )
+    elapsed = timedelta(seconds=max(0.0, batch.clock() - started))
+    stamp = (payload.get("metadata") or {}).get("timestamp") if isinstance(payload, dict) else None
+    try:
+        now = parse_timestamp(stamp) if isinstance(stamp, str) else None
+    except FilterError:
+        now = None
+    if now is None:
+        logger.warning("the API gave no usable clock; comparing with this machine's clock")
+        now = datetime.now(UTC)
+    return since_for(now - elapsed)
+
+
+def _recent_jobs(batch: _Batch, since: datetime) -> _Jobs:
+    """Jobs created since `since` (or with no usable date) from the optional `GET jobs`."""
+    try:
+        payload = batch.client.get(
+            study_path(batch.study_key, "jobs"),
+            {"filter": f"studyKey=={quote_value(batch.study_key)}"},
+            what=f"listing jobs of study {batch.study_key}",
+        )
+    except ImednetFlowsError as exc:
+        if isinstance(exc.__cause__, NotFoundError):
+            return _Jobs(None, "the API does not list jobs (GET jobs answered 404)", True)
+        logger.warning("cannot list jobs: %s", exc)
+        return _Jobs(None, f"listing jobs failed ({exc})")
+    if not isinstance(payload, list):
+        return _Jobs(None, "the API's job listing is not a list", True)
+    recent = [
+        j
+        for j in payload
+        if isinstance(j, dict) and at_or_after(j.get("dateCreated"), since) is not False
+    ]
+    return _Jobs(recent)
+
+
+def _read_back(batch: _Batch, pending: list[int], since: datetime, outcome: PostOutcome) -> Landing:
     items = [batch.items[i] for i in pending]
     try:
-        records = _target_records(batch.client, batch.study_key, items, batch.since)
+        records = _target_records(batch.client, batch.study_key, items, since)
         intervals = _interval_ids(batch.client, batch.study_key, items)
     except ImednetFlowsError as exc:
-        raise ImednetFlowsError(
-            f"cannot tell whether rows {batch.describe(pending)} reached study "
-            f"{batch.study_key}: reading them back failed ({exc}). Nothing was resent."
+        unknown = Landing(frozenset(), frozenset(), frozenset(range(len(pending))))
+        raise _undecided(
+            batch, _in_batch(unknown, pending), since, outcome, f"reading them back failed ({exc})"
         ) from exc
-    found = landed_rows(items, records, batch.since, intervals)
+    return _in_batch(landed_rows(items, records, since, intervals), pending)
+
+
+def _in_batch(landing: Landing, pending: list[int]) -> Landing:
+    """Indexes into `pending` -> indexes into the batch."""
     return Landing(
-        frozenset(pending[i] for i in found.landed),
-        frozenset(pending[i] for i in found.undecidable),
+        frozenset(pending[i] for i in landing.landed),
+        frozenset(pending[i] for i in landing.absent),
+        frozenset(pending[i] for i in landing.undecided),
     )
 
 
@@ -326,34 +397,33 @@ def _interval_ids(client: ImednetClient, study_key: str, items: list[RecordItem]
     }
 
 
-def _undecided(batch: _Batch, pending: list[int], landing: Landing) -> ImednetFlowsError:
-    missing = [i for i in pending if i not in landing.landed and i not in landing.undecidable]
-    return ImednetFlowsError(
-        f"the POST of rows {batch.describe(pending)} to study {batch.study_key} got no answer "
-        f"and the API may have applied it anyway. Rows {batch.describe(landing.undecidable)} "
-        "cannot be checked by reading back (a registration without subjectKey creates a "
-        "subject with a key only the API knows, or the API gave no timestamps), so nothing "
-        f"was resent. Found applied: rows {batch.describe(landing.landed) or 'none'}; not "
-        f"found: rows {batch.describe(missing) or 'none'}. Check the study (e.g. subjects "
-        f"registered since {format_timestamp(batch.since)} UTC) before re-running any row."
+def _undecided(
+    batch: _Batch,
+    landing: Landing,
+    since: datetime,
+    outcome: PostOutcome,
+    reason: str,
+    proven: bool = False,
+) -> Undecided:
+    """The error that stops a batch: which rows are undecided, why, and what to check.
+
+    `proven`: the jobs have all ended, so rows without a trace are known not applied."""
+    undecided = landing.undecided if proven else landing.undecided | landing.absent
+    history = outcome.interruptions[-1]
+    if outcome.resent_rows:
+        history = (
+            f"{outcome.interruptions[0]}; rows {row_ranges(outcome.resent_rows)} were proven "
+            f"absent and sent again, and {history}"
+        )
+    not_applied = (
+        f" Not applied (safe to re-run): rows {batch.describe(landing.absent)}."
+        if proven and landing.absent
+        else ""
     )
-
-
-def _ranges(numbers: Iterable[int]) -> str:
-    """[1, 2, 3, 7] -> "1-3, 7": row lists stay short in messages."""
-    out: list[str] = []
-    run: list[int] = []
-    for n in sorted(set(numbers)):
-        if run and n == run[-1] + 1:
-            run.append(n)
-            continue
-        if run:
-            out.append(_run(run))
-        run = [n]
-    if run:
-        out.append(_run(run))
-    return ", ".join(out)
-
-
-def _run(run: list[int]) -> str:
-    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
+    return Undecided(
+        f"{history}, so nothing was sent again. Undecided: rows {batch.describe(undecided)}, "
+        f"because {reason}. Found applied: rows {batch.describe(landing.landed)}.{not_applied} "
+        f"Before re-running the undecided rows, check in iMednet the jobs of study "
+        f"{batch.study_key} created since {format_timestamp(since)} UTC and whether those "
+        "rows' values show in the study; re-run only the rows that are not there."
+    )

@@ -2,8 +2,9 @@
 
 When a POST gets no answer the API may have applied it anyway, and resending blindly
 writes the rows twice. So the target records are read back and compared with what was
-posted; only the rows found missing may be sent again, and rows that cannot be told
-apart from missing ones are reported instead of guessed.
+posted. A row is `landed` when its target shows the posted values, `absent` only when
+nothing it aims at changed since the POST began (a job that applied it would have left that
+trace), and `undecided` otherwise: those are reported, never guessed.
 
 Pure functions over records already read: the reading is done in `batches`.
 """
@@ -71,11 +72,17 @@ def at_or_after(stamp: Any, since: datetime) -> bool | None:
 
 @dataclass(frozen=True)
 class Landing:
-    """Which rows (indexes into the list checked) are in the study, and which cannot be
-    told apart from rows that are not."""
+    """Each row checked (an index into the list) is in exactly one of three sets.
+
+    `absent` is a strong claim: no record the row aims at has changed since the POST began,
+    so a job that applied the row would have left a trace and there is none. A row whose
+    target did change, but not to the posted values, is `undecided`, not absent: the values
+    may read back in another form, or another user may have edited it since.
+    """
 
     landed: frozenset[int]
-    undecidable: frozenset[int]
+    absent: frozenset[int]
+    undecided: frozenset[int]
 
 
 def _matches(record: Row, refs: list[tuple[str, Any]]) -> bool:
@@ -88,28 +95,31 @@ def landed_rows(
     since: datetime,
     interval_ids: Mapping[str, int] | None = None,
 ) -> Landing:
-    """Compare what was posted with records read back after an interrupted POST.
+    """Compare what was posted with the records read back after an interrupted POST.
+
+    `records` are the records the rows aim at that changed since `since` (the server's
+    clock when the POST began); older ones may be among them and are no trace.
 
     Rows aimed at the same record (same recordId, or the same subject/form/interval slot)
     are judged together against their merged data, later rows winning, because that is
     what the record shows once they are applied. A new record is one-to-one: each record
     created since the POST began can account for one row only.
     """
-    live = [r for r in records if not r.get("deleted")]
     landed: set[int] = set()
-    undecidable: set[int] = set()
+    absent: set[int] = set()
+    undecided: set[int] = set()
     groups: dict[tuple[Any, ...], list[int]] = {}
     new_rows: list[int] = []
     for i, item in enumerate(items):
         mode = item.mode
         if mode is Mode.REGISTER:
-            undecidable.add(i)  # no subject key: nothing to find the new subject by
+            undecided.add(i)  # no subject key: nothing to find the new subject by
         elif mode is Mode.NEW_RECORD:
             new_rows.append(i)
         else:
             key = _slot_key(item, interval_ids or {})
             if key is None:
-                undecidable.add(i)
+                undecided.add(i)
             else:
                 groups.setdefault(key, []).append(i)
     claimed: set[int] = set()
@@ -117,14 +127,23 @@ def landed_rows(
         merged: dict[str, Any] = {}
         for i in members:
             merged.update(items[i].data)
-        verdict = _slot_landed(key, live, merged, since)
-        if verdict is None:
-            undecidable.update(members)
-        elif verdict is not False:
+        verdict = _slot_verdict(key, records, merged, since)
+        if isinstance(verdict, int):
             landed.update(members)
             claimed.add(verdict)
-    matched, unknown = _match_new_records(items, new_rows, live, since, claimed)
-    return Landing(frozenset(landed | matched), frozenset(undecidable | unknown))
+        else:
+            (absent if verdict is ABSENT else undecided).update(members)
+    matched, traced = _match_new_records(items, new_rows, records, since, claimed)
+    landed |= matched
+    undecided |= traced - matched
+    absent |= set(new_rows) - matched - traced
+    return Landing(frozenset(landed), frozenset(absent), frozenset(undecided))
+
+
+#: `_slot_verdict` when no target record changed since the POST.
+ABSENT = "absent"
+#: `_slot_verdict` when a target changed, but cannot be shown to carry the posted values.
+UNDECIDED = "undecided"
 
 
 def _slot_key(item: RecordItem, interval_ids: Mapping[str, int]) -> tuple[Any, ...] | None:
@@ -144,50 +163,54 @@ def _slot_key(item: RecordItem, interval_ids: Mapping[str, int]) -> tuple[Any, .
     )
 
 
-def _slot_landed(
-    key: tuple[Any, ...], live: list[Row], merged: dict[str, Any], since: datetime
-) -> int | bool | None:
-    """The recordId that shows the merged data, False if none does, None if unknown."""
-    if key[0] == "record":
-        candidates = [r for r in live if _matches(r, list(key[1:]))]
-    else:
-        refs = [*key[1], *key[2], key[3]]
-        candidates = [r for r in live if _matches(r, refs)]
-    unsure = False
-    for record in candidates:
-        if not data_contains(record.get("recordData"), merged):
-            continue
+def _slot_verdict(
+    key: tuple[Any, ...], records: list[Row], merged: dict[str, Any], since: datetime
+) -> int | str:
+    """The recordId that shows the merged data, else ABSENT or UNDECIDED."""
+    refs = list(key[1:]) if key[0] == "record" else [*key[1], *key[2], key[3]]
+    traced = False
+    for record in (r for r in records if _matches(r, refs)):
         fresh = at_or_after(record.get("dateModified"), since)
-        if fresh:
+        if fresh is False:
+            continue  # unchanged since the POST: no trace of it
+        if fresh and not record.get("deleted") and data_contains(record.get("recordData"), merged):
             return int(record["recordId"])
-        unsure = unsure or fresh is None
-    return None if unsure else False
+        traced = True  # changed since (or no usable date), but not to these values
+    return UNDECIDED if traced else ABSENT
 
 
 def _match_new_records(
     items: list[RecordItem],
     rows: list[int],
-    live: list[Row],
+    records: list[Row],
     since: datetime,
     claimed: set[int],
 ) -> tuple[set[int], set[int]]:
     """A maximum matching rows -> records created since the POST began (Kuhn's algorithm):
-    greedy matching could give row A the record that only row B's data fits."""
+    greedy matching could give row A the record that only row B's data fits.
+
+    Returns the matched rows, and the rows for whose subject and form a record was created
+    since (or has no usable date) that no row accounts for: a trace, so not absent.
+    """
     options: dict[int, list[int]] = {}
-    unknown: set[int] = set()
+    candidates: dict[int, set[int]] = {}
     for i in rows:
         item = items[i]
         refs = [*item.refs(*SUBJECT_FIELDS), *item.refs(*FORM_FIELDS)]
         options[i] = []
-        for record in live:
+        candidates[i] = set()
+        for record in records:
             if record["recordId"] in claimed or not _matches(record, refs):
                 continue
-            if not data_contains(record.get("recordData"), item.data):
-                continue
             fresh = at_or_after(record.get("dateCreated"), since)
-            if fresh is None:
-                unknown.add(i)
-            elif fresh:
+            if fresh is False:
+                continue
+            candidates[i].add(int(record["recordId"]))
+            if (
+                fresh
+                and not record.get("deleted")
+                and data_contains(record.get("recordData"), item.data)
+            ):
                 options[i].append(int(record["recordId"]))
     owner: dict[int, int] = {}
 
@@ -202,7 +225,8 @@ def _match_new_records(
         return False
 
     matched = {i for i in rows if assign(i, set())}
-    return matched, unknown - matched
+    unexplained = {i for i in rows if candidates[i] - set(owner)}
+    return matched, unexplained
 
 
 def since_for(moment: datetime) -> datetime:

@@ -7,7 +7,9 @@ which of the four posting modes a row is in, which the landing check relies on.
 
 Row numbers in every message are 1-based, counted over the whole input (the
 first row is "row 1"), because that is how a data manager counts the rows of
-a spreadsheet.
+a spreadsheet. Messages name row numbers, field names and the kind of value
+expected or given, never a value taken from a row: rows are clinical data, and
+messages end up in logs, the Prefect UI and terminals.
 
 No Prefect imports and no API calls: the Record Update flow passes in what it read.
 """
@@ -20,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import StrEnum
+from functools import cached_property
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
@@ -88,7 +91,11 @@ class RowFields(BaseModel):
 
     def refs(self, *names: str) -> list[tuple[str, Any]]:
         """(API attribute, value) for each of `names` that is set, in the API's spelling."""
-        return [(to_camel(n), getattr(self, n)) for n in names if getattr(self, n) is not None]
+        return [(CAMEL[n], getattr(self, n)) for n in names if getattr(self, n) is not None]
+
+
+#: snake_case field -> the API's camelCase, computed once (rows are checked by the 100,000).
+CAMEL = {name: to_camel(name) for name in RowFields.model_fields}
 
 
 class RecordItem(RowFields):
@@ -117,7 +124,7 @@ class RecordItem(RowFields):
 
     def to_api(self) -> Row:
         """The JSON item: only the fields that are set, camelCase, data as given."""
-        body = {to_camel(name): value for name, value in self if value is not None}
+        body = {CAMEL[name]: value for name, value in self if value is not None}
         body["data"] = dict(self.data)
         return body
 
@@ -126,10 +133,7 @@ def placement_problems(fields: RowFields | Mapping[str, Any]) -> list[str]:
     """What a row lacks to be posted at all: which form, what data, and where it goes."""
     if not isinstance(fields, RowFields):
         fields = RowFields.model_construct(
-            **{
-                name: fields.get(to_camel(name), fields.get(name))
-                for name in RowFields.model_fields
-            }
+            **{name: fields.get(CAMEL[name], fields.get(name)) for name in RowFields.model_fields}
         )
     problems = []
     if not fields.given(*FORM_FIELDS):
@@ -146,7 +150,8 @@ def placement_problems(fields: RowFields | Mapping[str, Any]) -> list[str]:
 
 def detect_mode(item: RecordItem, known_subject_keys: Iterable[str]) -> Mode:
     """`item.mode`, plus registration with a chosen subjectKey (CONTRACT §5 DECISION)."""
-    if registers_new_key(item, set(known_subject_keys)):
+    known = known_subject_keys if isinstance(known_subject_keys, set) else set(known_subject_keys)
+    if registers_new_key(item, known):
         return Mode.REGISTER
     return item.mode
 
@@ -173,31 +178,50 @@ def value_problem(variable_type: str, value: Any) -> str | None:
     """Why `value` cannot be posted to a variable of this type, or None if it can.
 
     None and "" clear a value, whatever the type (read-back shows a blank as "").
+    The answer names the kind of value given, never the value: it is clinical data.
     """
     if value is None or value == "":
         return None
     kind = variable_type.upper()
+    given = f"(got {shape(value)})"
     if isinstance(value, dict | list):
-        return f"a {type(value).__name__} cannot be a {kind} value"
+        return f"{shape(value)} cannot be a {kind} value"
     if kind == "INTEGER":
         ok = (isinstance(value, int) and not isinstance(value, bool)) or (
             isinstance(value, str) and _INTEGER_RE.fullmatch(value.strip()) is not None
         )
-        return None if ok else f"{value!r} is not an integer"
+        return None if ok else f"not an integer {given}"
     if kind == "NUMBER":
         ok = (
             isinstance(value, int | float)
             and not isinstance(value, bool)
             and math.isfinite(value)  # JSON has no NaN or Infinity
         ) or (isinstance(value, str) and _NUMBER_RE.fullmatch(value.strip()) is not None)
-        return None if ok else f"{value!r} is not a number"
+        return None if ok else f"not a number {given}"
     if kind == "DATE":
-        return None if _is_date(value) else f"{value!r} is not a date in YYYY-MM-DD form"
+        return None if _is_date(value) else f"not a date in YYYY-MM-DD form {given}"
     if kind == "CHECKBOX":
-        return None if isinstance(value, bool) else f"{value!r} is not true or false"
+        return None if isinstance(value, bool) else f"not true or false {given}"
     if kind in ("RADIO", "TEXT", "MEMO"):
-        return None if isinstance(value, str) else f"{value!r} is not text (quote it)"
+        return None if isinstance(value, str) else f"not text (quote it) {given}"
     return None  # a type this project does not know: leave it to the API
+
+
+def shape(value: Any) -> str:
+    """What kind of JSON value this is, for messages that must not show the value."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a non-finite number" if not math.isfinite(value) else "a decimal number"
+    if isinstance(value, str):
+        return "text that does not fit" if value.strip() else "blank text"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else type(value).__name__
 
 
 def _is_date(value: Any) -> bool:
@@ -246,7 +270,7 @@ class Catalog:
             variables=by_form,
         )
 
-    @property
+    @cached_property
     def subject_keys(self) -> set[str]:
         return {value for (attr, value) in self.subjects if attr == "subjectKey"}
 
@@ -272,11 +296,11 @@ class Catalog:
         for attr, value in refs:
             row = index.get((attr, value))
             if row is None:
-                problems.append(f"unknown {what} {attr}={value!r}")
+                problems.append(f"unknown {what}: {attr} names no {what} of this study")
             else:
                 found.append(row)
         if len({id(r) for r in found}) > 1:
-            named = " and ".join(f"{a}={v!r}" for a, v in refs)
+            named = " and ".join(a for a, _ in refs)
             problems.append(f"{named} name different {what}s")
             return None
         return found[0] if found and len(found) == len(refs) else None
@@ -307,7 +331,7 @@ class Catalog:
             earlier = self.registering.setdefault(str(row.subject_key), number)
             if earlier != number:
                 return [
-                    f"subjectKey {row.subject_key!r} is registered by row {earlier} already; "
+                    f"this subjectKey is registered by row {earlier} already; "
                     "register a subject once, then add its other forms in a later run"
                 ]
             return []
@@ -316,12 +340,10 @@ class Catalog:
         if problems and row.subject_key is not None and not row.given(*SITE_FIELDS):
             problems[-1] += " (to register a new subject, also give siteName or siteId)"
         if subject is not None and subject.get("deleted"):
-            problems.append(f"subject {subject.get('subjectKey')!r} is deleted")
+            problems.append("the subject is deleted")
         if subject is not None and site is not None and subject.get("siteId") != site["siteId"]:
-            problems.append(
-                f"subject {subject.get('subjectKey')!r} is at site {subject.get('siteName')!r}, "
-                f"not {site.get('siteName')!r}"
-            )
+            named = " and ".join(a for a, _ in row.refs(*SITE_FIELDS))
+            problems.append(f"the subject is at another site than {named} names")
         return problems
 
 
@@ -351,14 +373,14 @@ def validate_batch(
 
 def _check_row(raw: Any, catalog: Catalog, number: int) -> tuple[RecordItem | None, list[str]]:
     if not isinstance(raw, dict):
-        return None, [f"not a JSON object but {type(raw).__name__} {raw!r:.60}"]
-    problems = placement_problems(raw)
+        return None, [f"not a JSON object but {shape(raw)}"]
+    problems: list[str] = []
     try:
         item: RecordItem | None = RecordItem.model_validate(raw)
         fields: RowFields = item  # type: ignore[assignment]
     except ValidationError as exc:
         item = None
-        problems += summarize(exc)
+        problems += placement_problems(raw) + summarize(exc)
         bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
         try:
             fields = RowFields.model_validate({k: v for k, v in raw.items() if k not in bad})
@@ -381,3 +403,23 @@ def summarize(exc: ValidationError) -> list[str]:
         else:
             out.append(f"{loc}: {error['msg'].removeprefix('Value error, ')}")
     return out
+
+
+def row_ranges(numbers: Iterable[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7": row lists stay short in messages."""
+    out: list[str] = []
+    run: list[int] = []
+    for n in sorted(set(numbers)):
+        if run and n == run[-1] + 1:
+            run.append(n)
+            continue
+        if run:
+            out.append(_run(run))
+        run = [n]
+    if run:
+        out.append(_run(run))
+    return ", ".join(out)
+
+
+def _run(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"

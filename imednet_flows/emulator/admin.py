@@ -7,6 +7,7 @@ in-process test drives its own.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -14,19 +15,51 @@ import orjson
 
 from imednet_flows.emulator.entities import ENTITIES
 from imednet_flows.emulator.seed import StudySpec
+from imednet_flows.emulator.store import StudyExists
 from imednet_flows.emulator.wire import Request, Response
 
 if TYPE_CHECKING:
     from imednet_flows.emulator.handle import Emulator
 
+#: Field name -> the type of its default (str, int or float).
+_SPEC_FIELDS: dict[str, type] = {f.name: type(f.default) for f in fields(StudySpec)}
+_KIND_WORDS = {str: "a non-empty string", int: "an integer", float: "a number"}
+
 
 def handle_admin(emulator: Emulator, request: Request) -> Response:
     try:
         body = orjson.loads(request.body) if request.body else {}
+        if request.method in ("POST", "PUT", "PATCH") and not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object of named arguments")
         status, payload = _route(emulator, request.method, request.segments[1:], body)
+    except StudyExists as exc:
+        status, payload = 409, {"error": str(exc)}
     except (ValueError, TypeError, KeyError) as exc:
         status, payload = 400, {"error": str(exc).strip("'\"")}
+    except Exception as exc:  # answer in the route's own format rather than a bare 500
+        logging.getLogger(__name__).exception("emulator admin error")
+        status, payload = 500, {"error": f"emulator error: {exc}"}
     return Response(status, payload)
+
+
+def study_spec(body: dict[str, Any]) -> tuple[StudySpec, bool]:
+    """A StudySpec and the `replace` flag from an admin body, every field type-checked:
+    a misspelt field must not silently seed a study of the default shape."""
+    options = dict(body)
+    replace = options.pop("replace", False)
+    if not isinstance(replace, bool):
+        raise ValueError(f"replace must be true or false, got {replace!r}")
+    unknown = sorted(set(options) - set(_SPEC_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"unknown study field(s) {unknown}; known: {', '.join(sorted(_SPEC_FIELDS))}"
+        )
+    for name, value in options.items():
+        kind = _SPEC_FIELDS[name]
+        accepted = (int, float) if kind is float else (kind,)
+        if isinstance(value, bool) or not isinstance(value, accepted) or value == "":
+            raise ValueError(f"study field {name} must be {_KIND_WORDS[kind]}, got {value!r}")
+    return StudySpec(**options), replace
 
 
 def _route(emulator: Emulator, method: str, segs: list[str], body: Any) -> tuple[int, Any]:
@@ -50,14 +83,11 @@ def _route(emulator: Emulator, method: str, segs: list[str], body: Any) -> tuple
             emulator.add_job_outcome(**body)
             return 200, {"ok": True}
         case "POST", ["config"]:
-            for name, value in body.items():
-                if name in ("api_key", "security_key") or not hasattr(emulator.config, name):
-                    raise ValueError(f"config field {name!r} cannot be set here")
-                setattr(emulator.config, name, value)
+            emulator.configure(**body)
             return 200, {"ok": True}
         case "POST", ["studies"]:
-            known = {f.name for f in fields(StudySpec)}
-            emulator.add_study(StudySpec(**{k: v for k, v in body.items() if k in known}))
+            spec, replace = study_spec(body)
+            emulator.add_study(spec, replace=replace)
             return 200, {"studies": emulator.study_keys}
         case "GET", ["studies", key, "counts"]:
             return 200, emulator.counts(key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from imednet_flows.emulator.admin import handle_admin
 from imednet_flows.emulator.entities import ENTITIES, STUDY_ROUTES
 from imednet_flows.emulator.handle import Emulator, RequestEntry
 from imednet_flows.emulator.jobs import BadBatch, check_batch
+from imednet_flows.emulator.quirks import listing_quirks
 from imednet_flows.emulator.store import QueryError, parse_sorts
 from imednet_flows.emulator.wire import Receive, Request, Response, Send, send_response
 
@@ -26,6 +28,8 @@ API_PREFIX = "/api/v1/edc"
 ADMIN_PREFIX = "/_emulator"
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 25
+#: The API is a Java service: an int parameter past Integer.MAX_VALUE is a 400 there.
+MAX_INT_PARAM = 2**31 - 1
 
 _MESSAGES = {
     400: "The request was malformed or contains invalid parameters.",
@@ -33,6 +37,7 @@ _MESSAGES = {
     403: "Access is forbidden for the provided credentials.",
     404: "The requested resource could not be found.",
     405: "The method is not allowed for this resource.",
+    413: "The request body is too large.",
     429: "Too many requests - rate limit exceeded, please try again later or contact support.",
     500: "An unexpected server error occurred. Please contact support.",
     502: "Bad gateway: the upstream service did not answer correctly.",
@@ -42,6 +47,46 @@ _MESSAGES = {
 
 class DroppedConnection(Exception):
     """Raised after a partial body so the server closes the socket mid-response."""
+
+
+class BodyTooLarge(Exception):
+    """The body is over `EmulatorConfig.max_body_bytes`: answered with 413, never buffered."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body arrived: there is no one left to answer."""
+
+
+async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The request body, refused as soon as it is known to exceed `limit` bytes.
+
+    A declared Content-Length over the limit is refused before any of it is read; a
+    chunked body is counted while it streams. Chunks are joined once at the end, since
+    repeated `bytes +=` copies the body per chunk (quadratic in its size). A body left
+    unread is drained and discarded by the server, so the connection stays usable.
+    """
+    if declared is not None and declared > limit:
+        raise BodyTooLarge
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def _too_large(limit: int) -> str:
+    return (
+        f"the request body is over this server's limit of {limit:,} bytes; "
+        "send fewer records per request"
+    )
 
 
 class _QuietDrops(logging.Filter):
@@ -85,15 +130,23 @@ def error_body(emulator: Emulator, request: Request, error: ApiError) -> dict[st
     }
 
 
-def _int_param(request: Request, name: str, default: int, minimum: int) -> int:
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _int_param(
+    request: Request, name: str, default: int, minimum: int, maximum: int = MAX_INT_PARAM
+) -> int:
     raw = request.param(name, str(default))
     try:
-        value = int(raw)
-    except ValueError:
+        # int() alone would also take "1_000", " 7" and non-ASCII digits.
+        value = int(raw) if _INTEGER.fullmatch(raw) else minimum - 1
+    except ValueError:  # more digits than int() converts
         value = minimum - 1
-    if value < minimum:
+    if not minimum <= value <= maximum:
         raise ApiError(
-            400, f"{name} must be an integer >= {minimum}", {"attribute": name, "value": raw}
+            400,
+            f"{name} must be an integer from {minimum} to {maximum}",
+            {"attribute": name, "value": raw[:100]},
         )
     return value
 
@@ -113,19 +166,24 @@ class EmulatorApp:
                     return
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        request = Request(scope, body)
+        request = Request(scope, b"")
         if request.path.startswith(ADMIN_PREFIX + "/") or request.path == ADMIN_PREFIX:
-            await send_response(send, handle_admin(self.emulator, request))
+            await self._admin(request, receive, send)
             return
-        await self._api(request, send)
+        await self._api(request, receive, send)
 
-    async def _api(self, request: Request, send: Send) -> None:
+    async def _admin(self, request: Request, receive: Receive, send: Send) -> None:
+        limit = self.emulator.config.max_body_bytes
+        try:
+            request.body = await read_body(receive, limit, request.content_length)
+        except BodyTooLarge:
+            await send_response(send, Response(413, {"error": _too_large(limit)}))
+            return
+        except ClientGone:
+            return
+        await send_response(send, handle_admin(self.emulator, request))
+
+    async def _api(self, request: Request, receive: Receive, send: Send) -> None:
         emulator = self.emulator
         entry = emulator.log.start(request.method, request.path, request.query)
         route = _route_name(request.segments)
@@ -143,9 +201,11 @@ class EmulatorApp:
                 error = ApiError(fault.status)
                 response = Response(fault.status, error_body(emulator, request, error), headers)
             else:
-                response = self._respond(request, entry)
+                response = await self._respond(request, receive, entry)
                 if fault is not None and fault.kind == "commit_then_502":
                     response = Response(502, error_body(emulator, request, ApiError(502)))
+        except ClientGone:
+            return
         finally:
             entry.finished = time.monotonic()
         entry.status = response.status
@@ -172,14 +232,22 @@ class EmulatorApp:
             response.body = response.body[: max(1, len(response.body) // 2)]
         await send_response(send, response)
 
-    def _respond(self, request: Request, entry: RequestEntry) -> Response:
+    async def _respond(self, request: Request, receive: Receive, entry: RequestEntry) -> Response:
         emulator = self.emulator
         emulator.advance_jobs()
         try:
+            # Credentials first: an unauthenticated client gets no body read on its behalf.
             self._authenticate(request)
+            limit = emulator.config.max_body_bytes
+            try:
+                request.body = await read_body(receive, limit, request.content_length)
+            except BodyTooLarge:
+                raise ApiError(413, _too_large(limit)) from None
             return self._dispatch(request, entry)
         except ApiError as error:
             return Response(error.status, error_body(emulator, request, error))
+        except ClientGone:
+            raise
         except Exception as exc:  # an emulator bug must still answer like the API
             logging.getLogger(__name__).exception("emulator error")
             error = ApiError(500, f"emulator error: {exc}")
@@ -214,6 +282,8 @@ class EmulatorApp:
             return self._list(request, rest[1], study_key)
         if len(rest) == 2 and rest[1] == "jobs":
             self._only(request, "GET")
+            if not self.emulator.config.jobs_listing:
+                raise ApiError(404, "this API does not list jobs")
             jobs = [j.as_json() for j in self.emulator.jobs.values() if j.study_key == study_key]
             return Response(200, jobs)
         if len(rest) == 3 and rest[1] == "jobs":
@@ -236,6 +306,9 @@ class EmulatorApp:
         filter_text = request.param("filter") if entity.filterable else ""
         data_filter = request.param("recordDataFilter") if route == "records" else ""
         include_inactive = request.param("includeInactive", "false").lower() in ("true", "1")
+        filter_text, size, finish = listing_quirks(
+            self.emulator.config.quirks, entity, filter_text, size
+        )
         try:
             sorts = parse_sorts(entity, request.query.get("sort", []))
             rows = self.emulator.state.list_rows(
@@ -274,7 +347,7 @@ class EmulatorApp:
             },
             "data": data,
         }
-        return Response(200, payload)
+        return Response(200, finish(payload))
 
     def _post_records(self, request: Request, study_key: str, entry: RequestEntry) -> Response:
         try:

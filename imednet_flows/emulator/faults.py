@@ -10,9 +10,19 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from imednet_flows.emulator.checks import is_int, is_number
+
 FaultKind = Literal["status", "drop", "truncate", "latency", "commit_then_502"]
 FAULT_KINDS: tuple[str, ...] = ("status", "drop", "truncate", "latency", "commit_then_502")
 JOB_OUTCOMES: tuple[str, ...] = ("failed", "cancelled", "stuck")
+
+
+#: Longest latency or Retry-After a fault may ask for.
+MAX_SECONDS = 3600.0
+
+
+def _is_seconds(value: Any) -> bool:
+    return is_number(value) and 0 <= value <= MAX_SECONDS
 
 
 @dataclass
@@ -32,6 +42,20 @@ class FaultRule:
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; choose from {FAULT_KINDS}")
+        # Checked here, since a wrong type would otherwise fail every matching request.
+        for name in ("route", "method"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.count is not None and not is_int(self.count):
+            raise ValueError(f"count must be an integer or null, got {self.count!r}")
+        if not is_int(self.status):
+            raise ValueError(f"status must be an integer, got {self.status!r}")
+        if not _is_seconds(self.seconds):
+            raise ValueError(f"seconds must be from 0 to {MAX_SECONDS:g}, got {self.seconds!r}")
+        if self.retry_after is not None and not _is_seconds(self.retry_after):
+            raise ValueError(
+                f"retry_after must be from 0 to {MAX_SECONDS:g} or null, got {self.retry_after!r}"
+            )
         self.method = self.method.upper()
         if self.kind == "status" and not 400 <= self.status <= 599:
             raise ValueError(f"a status fault needs a 4xx/5xx status, got {self.status}")
@@ -67,8 +91,8 @@ class FaultBoard:
     def add_job_outcome(self, outcome: str, count: int = 1) -> None:
         if outcome not in JOB_OUTCOMES:
             raise ValueError(f"unknown job outcome {outcome!r}; choose from {JOB_OUTCOMES}")
-        if count < 1:
-            raise ValueError("count must be >= 1")
+        if not is_int(count) or count < 1:
+            raise ValueError(f"count must be an integer >= 1, got {count!r}")
         with self._lock:
             self._job_outcomes.append([outcome, count])
 

@@ -7,16 +7,19 @@ so what a test sets up is exactly what the SDK sees over the wire.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from imednet_flows.emulator.checks import is_int, is_number
 from imednet_flows.emulator.entities import ENTITIES
 from imednet_flows.emulator.faults import FaultBoard, FaultRule
 from imednet_flows.emulator.jobs import TERMINAL, Job, advance
 from imednet_flows.emulator.mutations import MUTATIONS
+from imednet_flows.emulator.quirks import Quirks
 from imednet_flows.emulator.seed import StudySpec
 from imednet_flows.emulator.store import EmulatorState, StudyStore
 
@@ -25,8 +28,17 @@ DEMO_API_KEY = "demo-api-key"
 DEMO_SECURITY_KEY = "demo-security-key"
 
 
+#: Longest job_delay accepted: a longer one only ever looks like a hung server.
+MAX_JOB_DELAY = 3600.0
+#: Largest max_body_bytes accepted (1 GiB).
+MAX_BODY_LIMIT = 2**30
+
+
 @dataclass
 class EmulatorConfig:
+    """Checked whenever it is built or changed through `Emulator.configure`: one ill-typed
+    value would otherwise surface later as a 500 on every API call."""
+
     api_key: str = DEMO_API_KEY
     security_key: str = DEMO_SECURITY_KEY
     #: Seconds from POST until a job is terminal (half of it in `created`).
@@ -35,6 +47,47 @@ class EmulatorConfig:
     unknown_study_status: int = 403
     #: Emit Role dates as the spec's int arrays (which SDK 0.5.0 cannot parse).
     strict_role_dates: bool = False
+    #: Request bodies over this many bytes get 413 before they are read (16 MiB).
+    max_body_bytes: int = 16 * 2**20
+    #: Return posted JSON numbers and booleans as posted instead of the API's strings,
+    #: to test a client against a server that echoes typed values.
+    echo_typed_values: bool = False
+    #: Serve `GET /studies/{K}/jobs` (an optional extension); False answers it with 404.
+    jobs_listing: bool = True
+    #: Deliberate breaks of what the sync assumes of the API (see `quirks.Quirks`).
+    quirks: Quirks = field(default_factory=Quirks)
+
+    def __post_init__(self) -> None:
+        fields = dataclasses.fields(self)
+        problems = [p for f in fields if (p := _config_problem(f.name, getattr(self, f.name)))]
+        try:  # the admin route sends quirks as a JSON object
+            self.quirks = Quirks.from_json(self.quirks)
+        except ValueError as error:
+            problems.append(str(error))
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def _config_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one config value, in words an admin-route caller can act on."""
+    if name in ("api_key", "security_key"):  # a key's value is never echoed
+        ok = isinstance(value, str) and value != ""
+        return None if ok else f"{name} must be a non-empty string"
+    got = f"got {value!r} ({type(value).__name__})"
+    if name == "job_delay":
+        ok = is_number(value) and 0 <= value <= MAX_JOB_DELAY
+        return None if ok else f"job_delay must be seconds from 0 to {MAX_JOB_DELAY:g}, {got}"
+    if name == "unknown_study_status":
+        ok = is_int(value) and value in (403, 404)
+        return None if ok else f"unknown_study_status must be 403 or 404, {got}"
+    if name == "max_body_bytes":
+        ok = is_int(value) and 1 <= value <= MAX_BODY_LIMIT
+        return (
+            None if ok else f"max_body_bytes must be an integer from 1 to {MAX_BODY_LIMIT}, {got}"
+        )
+    if name in ("strict_role_dates", "echo_typed_values", "jobs_listing"):
+        return None if isinstance(value, bool) else f"{name} must be true or false, {got}"
+    return None
 
 
 @dataclass
@@ -88,9 +141,29 @@ class Emulator:
         self.jobs: dict[str, Job] = {}
         self._pending: set[str] = set()
 
+    def configure(self, **changes: Any) -> None:
+        """Change config fields at run time: all of them, or none if any value is wrong.
+
+        The keys are fixed at start-up, since the admin route that calls this has no
+        authentication of its own.
+        """
+        settable = sorted(f.name for f in dataclasses.fields(self.config))
+        settable = [n for n in settable if n not in ("api_key", "security_key")]
+        unknown = sorted(set(changes) - set(settable))
+        if unknown:
+            raise ValueError(
+                f"config field(s) {', '.join(map(repr, unknown))} cannot be set here; "
+                f"settable: {', '.join(settable)}"
+            )
+        checked = dataclasses.replace(self.config, **changes)  # raises before any change
+        for name in changes:
+            setattr(self.config, name, getattr(checked, name))
+
     # -- data -------------------------------------------------------------
-    def add_study(self, spec: StudySpec) -> None:
-        self.state.add_study(spec)
+    def add_study(self, spec: StudySpec, replace: bool = False) -> None:
+        """Seed one more study; an existing key is refused unless `replace` is true, so a
+        typo never wipes a study a test or benchmark has changed."""
+        self.state.add_study(spec, replace=replace)
 
     @property
     def study_keys(self) -> list[str]:
@@ -169,6 +242,7 @@ class Emulator:
                     self.state.studies.get(job.study_key),
                     self.state.clock.now(),
                     self.config.job_delay,
+                    self.config.echo_typed_values,
                 )
                 if job.state in TERMINAL:
                     self._pending.discard(batch_id)

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from imednet_flows.emulator.record_values import BadValue, read_back_data
 from imednet_flows.emulator.store import StudyStore
 
 JobOutcome = Literal["completed", "failed", "cancelled", "stuck"]
@@ -66,7 +67,9 @@ def check_batch(body: Any) -> list[dict[str, Any]]:
     return body
 
 
-def advance(job: Job, store: StudyStore | None, now: str, delay: float) -> None:
+def advance(
+    job: Job, store: StudyStore | None, now: str, delay: float, as_posted: bool = False
+) -> None:
     """Move a job along created -> processing -> terminal as time passes."""
     if job.state in TERMINAL:
         return
@@ -80,7 +83,7 @@ def advance(job: Job, store: StudyStore | None, now: str, delay: float) -> None:
             job.outcome, job.error = "failed", f'study "{job.study_key}" no longer exists'
         else:
             try:
-                job.record_ids = apply_items(store, job.items, now)
+                job.record_ids = apply_items(store, job.items, now, as_posted)
             except ItemError as exc:
                 job.outcome, job.error = "failed", str(exc)
     job.state, job.date_finished = job.outcome, now
@@ -93,6 +96,7 @@ class ItemError(ValueError):
 @dataclass
 class _Target:
     form: dict[str, Any]
+    data: dict[str, Any]
     record: dict[str, Any] | None = None
     subject: dict[str, Any] | None = None
     site: dict[str, Any] | None = None
@@ -104,15 +108,17 @@ def _index(rows: dict[Any, dict[str, Any]], *fields: str) -> dict[tuple[str, Any
     return {(f, row.get(f)): row for row in rows.values() for f in fields}
 
 
-def _resolve(store: StudyStore, items: list[dict[str, Any]]) -> list[_Target]:
+def _resolve(
+    store: StudyStore, items: list[dict[str, Any]], as_posted: bool = False
+) -> list[_Target]:
     t = store.tables
     forms = _index(t["forms"], "formKey", "formId")
     sites = _index(t["sites"], "siteName", "siteId")
     intervals = _index(t["intervals"], "intervalName", "intervalId")
     subjects = _index(t["subjects"], "subjectKey", "subjectId", "subjectOid")
-    variables: dict[int, set[str]] = {}
+    variables: dict[int, dict[str, str]] = {}
     for var in t["variables"].values():
-        variables.setdefault(var["formId"], set()).add(var["variableName"])
+        variables.setdefault(var["formId"], {})[var["variableName"]] = var["variableType"]
     by_oid: dict[str, dict[str, Any]] | None = None
     errors: list[str] = []
     targets: list[_Target] = []
@@ -136,10 +142,15 @@ def _resolve(store: StudyStore, items: list[dict[str, Any]]) -> list[_Target]:
         form = lookup(forms, item, ("formKey", "formId"), "form", n)
         if form is None:
             continue
-        unknown = sorted(set(item["data"]) - variables.get(form["formId"], set()))
+        types = variables.get(form["formId"], {})
+        unknown = sorted(set(item["data"]) - set(types))
         if unknown:
             errors.append(f"item {n}: unknown variable(s) {unknown} on form {form['formKey']}")
-        target = _Target(form=form)
+        try:
+            target = _Target(form=form, data=read_back_data(item["data"], types, as_posted))
+        except BadValue as exc:
+            errors.append(f"item {n}: {exc}")
+            continue
         if item.get("recordId") is not None or item.get("recordOid") is not None:
             if item.get("recordId") is not None:
                 record = t["records"].get(item["recordId"])
@@ -181,9 +192,14 @@ def _resolve(store: StudyStore, items: list[dict[str, Any]]) -> list[_Target]:
     return targets
 
 
-def apply_items(store: StudyStore, items: list[dict[str, Any]], now: str) -> list[int]:
-    """Apply a whole batch or nothing; return the ids of records created or changed."""
-    targets = _resolve(store, items)
+def apply_items(
+    store: StudyStore, items: list[dict[str, Any]], now: str, as_posted: bool = False
+) -> list[int]:
+    """Apply a whole batch or nothing; return the ids of records created or changed.
+
+    Values are stored as the API reads them back (text), or as posted with `as_posted`.
+    """
+    targets = _resolve(store, items, as_posted)
     # Built once per batch: a scan of 200,000 records per item would not do.
     scheduled = {
         (r["subjectId"], r["formId"], r["intervalId"]): r
@@ -193,7 +209,7 @@ def apply_items(store: StudyStore, items: list[dict[str, Any]], now: str) -> lis
     visits = {(v["subjectId"], v["intervalId"]): v for v in store.tables["visits"].values()}
     touched: list[int] = []
     changed = {"records", "record_revisions"}
-    for item, target in zip(items, targets, strict=True):
+    for target in targets:
         record = target.record
         if record is None:
             subject = target.subject
@@ -218,8 +234,8 @@ def apply_items(store: StudyStore, items: list[dict[str, Any]], now: str) -> lis
                 record = _new_record(store, subject, target.form, visit, now)
                 if interval is not None:
                     scheduled[slot] = record
-        data_changed = any(record["recordData"].get(k) != v for k, v in item["data"].items())
-        record["recordData"].update(item["data"])
+        data_changed = any(record["recordData"].get(k) != v for k, v in target.data.items())
+        record["recordData"].update(target.data)
         record["dateModified"] = now
         append_revision(store, record, now, data_changed)
         touched.append(record["recordId"])

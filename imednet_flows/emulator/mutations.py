@@ -14,6 +14,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from imednet_flows.emulator.jobs import append_revision, new_subject, new_visit
+from imednet_flows.emulator.record_values import read_back_data
 from imednet_flows.emulator.store import StudyStore
 
 Mutation = Callable[..., dict[str, Any]]
@@ -82,24 +83,57 @@ def edit_records(
     ids: list[int] | None = None,
     seed: int = 0,
     at: str | None = None,
+    values: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Change one value in each chosen record; all of them get the same dateModified
-    (`at`, default now), which is how a watermark bug on shared seconds is provoked."""
+    """Change one value in each chosen record, or set `values` (variableName: value, stored
+    as the API reads them back); all of them get the same dateModified (`at`, default now),
+    which is how a watermark bug on shared seconds is provoked."""
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(
+            f"values must be an object of variableName: value, not {type(values).__name__}"
+        )
     stamp = at or now
     types = _variable_types(store)
     chosen = _pick(store, "records", ids, n, seed)
-    for record_id in chosen:
-        record = store.tables["records"][record_id]
+    records = [store.tables["records"][record_id] for record_id in chosen]
+    if values is not None:
+        # Every record is checked before any changes: a mutation applies whole or not at all.
+        stored = [_stored_values(store, types, record, values) for record in records]
+    for index, record in enumerate(records):
         data = record["recordData"]
-        name = next(
-            (k for k in data if types.get((record["formId"], k)) != "RADIO"), next(iter(data), None)
-        )
-        if name is not None:
-            data[name] = changed_value(types.get((record["formId"], name), "TEXT"), data[name])
+        if values is not None:
+            data_changed = any(data.get(k) != v for k, v in stored[index].items())
+            data.update(stored[index])
+        else:
+            name = next(
+                (k for k in data if types.get((record["formId"], k)) != "RADIO"),
+                next(iter(data), None),
+            )
+            if name is not None:
+                data[name] = changed_value(types.get((record["formId"], name), "TEXT"), data[name])
+            data_changed = name is not None
         record["dateModified"] = stamp
-        append_revision(store, record, stamp, data_changed=name is not None)
+        append_revision(store, record, stamp, data_changed=data_changed)
     store.changed("records", "record_revisions")
     return {"ids": chosen, "at": stamp}
+
+
+def _stored_values(
+    store: StudyStore,
+    types: dict[tuple[int, str], str],
+    record: dict[str, Any],
+    values: dict[str, Any],
+) -> dict[str, str]:
+    form_types = {
+        name: kind for (form_id, name), kind in types.items() if form_id == record["formId"]
+    }
+    unknown = sorted(set(values) - set(form_types))
+    if unknown:
+        raise ValueError(
+            f"record {record['recordId']} (form {record['formKey']}) of study {store.key} "
+            f"has no variable(s) {unknown}"
+        )
+    return read_back_data(values, form_types)
 
 
 @mutation

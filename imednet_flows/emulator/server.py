@@ -3,6 +3,8 @@ and an admin client for an emulator that lives in another process."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import socket
 import threading
 import time
@@ -18,6 +20,35 @@ from imednet_flows.emulator.handle import Emulator, EmulatorConfig
 from imednet_flows.emulator.seed import StudySpec
 
 LOOPBACK = "127.0.0.1"
+log = logging.getLogger(__name__)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding `host` keeps the emulator on this machine.
+
+    "localhost" and loopback addresses (127.0.0.0/8, ::1) do; "", "0.0.0.0", "::" and
+    every other address or name bind where others can reach. Names other than localhost
+    are not resolved: the answer must not depend on DNS.
+    """
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_bind_warning(host: str) -> str | None:
+    """The warning binding `host` deserves, or None on loopback."""
+    if is_loopback_host(host):
+        return None
+    return (
+        f"WARNING: the iMednet emulator binds {host!r}, which is not loopback. Its admin "
+        "routes (/_emulator/...) need no key: anyone who can reach this port can change "
+        "or delete its data, switch faults and read the request log. Its API keys are "
+        "demo keys unless set. Bind 127.0.0.1 unless you mean this."
+    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -46,10 +77,19 @@ def _server(emulator: Emulator) -> uvicorn.Server:
 
 
 class EmulatorServer:
-    """An emulator on a loopback port, served from a daemon thread."""
+    """An emulator on a port (loopback unless told otherwise), served from a daemon thread.
 
-    def __init__(self, emulator: Emulator, host: str = LOOPBACK, port: int = 0) -> None:
+    Any other host is logged as a warning: the admin routes have no authentication.
+    """
+
+    def __init__(
+        self, emulator: Emulator, host: str = LOOPBACK, port: int = 0, warn_remote: bool = True
+    ) -> None:
+        """`warn_remote=False` is for a caller that has shown `remote_bind_warning` itself."""
         self.emulator = emulator
+        warning = remote_bind_warning(host)
+        if warning is not None and warn_remote:
+            log.warning(warning)
         self._sock = _bind(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
         self._server = _server(emulator)
@@ -153,6 +193,10 @@ class EmulatorClient:
 
     def configure(self, **fields: Any) -> None:
         self._call("POST", "/config", fields)
+
+    def add_study(self, replace: bool = False, **spec: Any) -> list[str]:
+        """Seed a study from StudySpec fields; an existing key needs `replace=True`."""
+        return self._call("POST", "/studies", {**spec, "replace": replace})["studies"]
 
     def close(self) -> None:
         self._http.close()

@@ -137,6 +137,10 @@ def apply_sorts(rows: list[dict[str, Any]], sorts: list[tuple[str, bool]]) -> li
     return rows
 
 
+class StudyExists(ValueError):
+    """A study key already seeded: replacing it silently would lose its changes."""
+
+
 class EmulatorState:
     """Everything the emulator knows, shared by the HTTP app and the Python handle."""
 
@@ -148,12 +152,23 @@ class EmulatorState:
         for spec in specs:
             self.add_study(spec)
 
-    def add_study(self, spec: StudySpec, data: StudyData | None = None) -> StudyStore:
+    def add_study(
+        self, spec: StudySpec, data: StudyData | None = None, replace: bool = False
+    ) -> StudyStore:
+        self._refuse_existing(spec.study_key, replace)  # before seconds of generation
         store = StudyStore.from_data(spec, data or generate_study(spec))
         with self.lock:
+            self._refuse_existing(spec.study_key, replace)  # added meanwhile
             self.studies[spec.study_key] = store
             self._query_cache.clear()
         return store
+
+    def _refuse_existing(self, key: str, replace: bool) -> None:
+        if not replace and key in self.studies:
+            raise StudyExists(
+                f'study "{key}" already exists; pass replace=true to reseed it '
+                "(its changes are lost)"
+            )
 
     def study(self, key: str) -> StudyStore:
         try:

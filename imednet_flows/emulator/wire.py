@@ -41,6 +41,13 @@ class Request:
         }
         self.body = body
 
+    @property
+    def content_length(self) -> int | None:
+        """The declared body size; None for a chunked body (or none). The server has
+        already rejected a malformed header."""
+        raw = self.headers.get("content-length")
+        return int(raw) if raw is not None and raw.isdigit() else None
+
     def param(self, name: str, default: str = "") -> str:
         values = self.query.get(name)
         return values[0] if values else default
