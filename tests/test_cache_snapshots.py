@@ -180,6 +180,8 @@ def test_layout_manifest_and_latest_symlink(
     assert written == set(tables(link))
     assert result.files_reused == [] and result.rebuilt == "there is no earlier complete set"
     assert result.bytes_written == sum(p.stat().st_size for p in link.rglob("part-*.parquet"))
+    # Parts are shared between sets by hard links: nobody should edit one in place.
+    assert all(p.stat().st_mode & 0o222 == 0 for p in link.rglob("part-*.parquet"))
 
 
 def test_every_collection_file_equals_the_cache_rows(
@@ -313,6 +315,27 @@ def test_reference_collections_cost_nothing(conn: sqlite3.Connection, snap_dir: 
     for name in ("sites", "forms", "intervals", "variables", "users", "records"):
         assert inodes(first.path, f"{name}.parquet") == inodes(second.path, f"{name}.parquet")
     assert second.files_written == ["subjects.parquet/part-00000.parquet"]
+
+
+def test_parts_are_copied_where_hard_links_fail(
+    tmp_path: Path,
+    conn: sqlite3.Connection,
+    data: StudyData,
+    snap_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    first = snap(conn, snap_dir)
+    change(conn, KEY, "records", edited([data.records[0]], recordStatus="Edited"))
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError("hard links are not supported on this file system")
+
+    monkeypatch.setattr(writer.os, "link", no_links)
+    second = snap(conn, snap_dir)
+    assert second.rebuilt is None and second.files_reused
+    assert inodes(first.path, "sites.parquet") != inodes(second.path, "sites.parquet")
+    assert second.bytes_written == sum(p.stat().st_size for p in second.path.rglob("part-*"))
+    assert_same_tables(second.path, scratch(conn, tmp_path))
 
 
 def test_deletes_and_new_rows(

@@ -76,6 +76,9 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "compression_level": 1,
 }
 FORMS_DIR = "forms"
+#: Parts are shared by hard links between sets: read-only, so an edit in place (which
+#: would show through every set) takes a deliberate chmod first.
+READ_ONLY = 0o444
 
 
 class SnapshotResult(BaseModel):
@@ -259,6 +262,7 @@ class _SetWriter:
         except OSError:
             try:
                 shutil.copyfile(source, target)
+                target.chmod(READ_ONLY)
             except OSError:
                 target.unlink(missing_ok=True)
                 return None
@@ -334,6 +338,7 @@ class _SetWriter:
                         rows += len(batch)
             if rows == 0:
                 writer.write_table(table.schema.empty_table())
+        path.chmod(READ_ONLY)
         size = path.stat().st_size
         self.result.bytes_written += size
         self.result.files_written.append(f"{table.rel}/{name}")
