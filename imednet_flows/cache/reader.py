@@ -239,6 +239,25 @@ def _text_values(raw: str) -> dict[str, str | None]:
     return {k: as_text(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
+def _of_subject(
+    cache_path: str | Path,
+    study_key: str,
+    collection: str,
+    subject_key: str | None,
+    include_deleted: bool,
+    as_dataframe: bool,
+) -> pd.DataFrame | list[dict[str, Any]]:
+    filters = {} if subject_key is None else {"subjectKey": subject_key}
+    return get_cached(
+        cache_path,
+        study_key,
+        collection,
+        as_dataframe=as_dataframe,
+        include_deleted=include_deleted,
+        **filters,
+    )
+
+
 def get_cached_subjects(
     cache_path: str | Path,
     study_key: str,
@@ -247,14 +266,8 @@ def get_cached_subjects(
     as_dataframe: bool = True,
 ) -> pd.DataFrame | list[dict[str, Any]]:
     """Cached subjects, ordered by subjectId (columns as ``subjects.parquet`` minus raw)."""
-    filters = {} if subject_key is None else {"subjectKey": subject_key}
-    return get_cached(
-        cache_path,
-        study_key,
-        "subjects",
-        as_dataframe=as_dataframe,
-        include_deleted=include_deleted,
-        **filters,
+    return _of_subject(
+        cache_path, study_key, "subjects", subject_key, include_deleted, as_dataframe
     )
 
 
@@ -266,15 +279,7 @@ def get_cached_visits(
     as_dataframe: bool = True,
 ) -> pd.DataFrame | list[dict[str, Any]]:
     """Cached visits, ordered by visitId (columns as ``visits.parquet`` minus raw)."""
-    filters = {} if subject_key is None else {"subjectKey": subject_key}
-    return get_cached(
-        cache_path,
-        study_key,
-        "visits",
-        as_dataframe=as_dataframe,
-        include_deleted=include_deleted,
-        **filters,
-    )
+    return _of_subject(cache_path, study_key, "visits", subject_key, include_deleted, as_dataframe)
 
 
 def get_cached_queries(
