@@ -197,7 +197,7 @@ def _study_keys(keys: list[str]) -> list[str]:
 
 
 def _cache_file(path: str, must_exist: bool = False) -> str:
-    from imednet_flows.cache.schema import CacheError, check_cache_path
+    from imednet_flows.cache.db import CacheError, check_cache_path
 
     try:
         checked = check_cache_path(path)
@@ -210,7 +210,18 @@ def _cache_file(path: str, must_exist: bool = False) -> str:
 
 @app.command()
 def sync(
-    study: Annotated[list[str], typer.Option("--study", help="Study key; repeat for several.")],
+    study: Annotated[
+        list[str] | None, typer.Option("--study", help="Study key; repeat for several.")
+    ] = None,
+    all_studies: Annotated[
+        bool, typer.Option(help="Every study the API key can see, listed again on each run.")
+    ] = False,
+    prune_missing_studies: Annotated[
+        bool,
+        typer.Option(
+            help="With --all-studies: delete from the cache studies the API no longer lists."
+        ),
+    ] = False,
     cache: CachePath = "imednet-cache/imednet.sqlite",
     snapshots: Annotated[
         str, typer.Option(help="Parquet snapshot folder.")
@@ -225,20 +236,25 @@ def sync(
     overlap: Annotated[float, typer.Option(min=0, help="Watermark overlap, seconds.")] = 30.0,
 ) -> None:
     """Run the incremental sync once (exit 75 if another sync held the lock)."""
-    _study_keys(study)
+    if all_studies == bool(study):
+        raise typer.BadParameter(
+            "give --study KEY (repeatable) or --all-studies, not both", param_hint="--study"
+        )
+    keys = ["*"] if all_studies else _study_keys(study or [])
     _cache_file(cache)
-    from flows.incremental_sync import incremental_sync
+    from flows.incremental_sync import run_incremental_sync
 
     _flow_console()
     try:
-        result = incremental_sync(
-            study,
+        result = run_incremental_sync(
+            keys,
             cache_path=cache,
             snapshot_dir=snapshots,
             full_refresh=full_refresh,
             lock_timeout=lock_timeout,
             on_lock_timeout="fail" if fail_if_locked else "skip",
             overlap_seconds=overlap,
+            prune_missing_studies=prune_missing_studies,
         )
     except Exception as exc:
         raise _fail(exc) from None
@@ -247,10 +263,16 @@ def sync(
         raise typer.Exit(EXIT_SKIPPED)
     for key, study_result in result.studies.items():
         parts = [
-            f"{name} +{e['inserted']} ~{e['updated']} -{e['hard_deleted']}"
-            for name, e in study_result["entities"].items()
+            f"{name} +{c.inserted} ~{c.updated} -{c.hard_deleted}"
+            for name, c in study_result.collections.items()
+            if c.changed
         ]
-        typer.echo(f"{key}: {', '.join(parts)} ({study_result['requests']} requests)")
+        skipped = [f"{name} SKIPPED" for name in study_result.skipped_collections]
+        summary = ", ".join([*parts, *skipped]) or "no changes"
+        typer.echo(f"{key}: {summary} ({study_result.requests} requests)")
+    for key in result.missing_studies:
+        kept = "pruned from the cache" if key in result.pruned_studies else "kept in the cache"
+        typer.echo(f"{key}: no longer listed by the API ({kept})")
     typer.echo(f"{result.requests} requests in {result.seconds:.1f}s; cache {cache}")
 
 

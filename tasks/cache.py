@@ -8,16 +8,21 @@ process-wide lock, inside the FileLock the flow holds for the whole run.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from imednet_flows.cache.schema import connect
-from imednet_flows.cache.snapshots import write_snapshot
-from imednet_flows.cache.sync import StudySync, merge_into
+from imednet_flows.cache.db import connect, write_transaction
+from imednet_flows.cache.merge import merge_into
+from imednet_flows.cache.results import StudyResult
+from imednet_flows.cache.snapshots import SnapshotResult, write_snapshot
+from imednet_flows.cache.studies import Discovery, list_studies, prune, record_listing
+from imednet_flows.cache.sync import StudySync
 from imednet_flows.edc.client import ImednetClient
+from imednet_flows.timestamps import format_timestamp
 
 
 def _progress_reporter(study_key: str):
@@ -50,7 +55,7 @@ def sync_study(
     study_key: str,
     full_refresh: bool = False,
     overlap_seconds: float = 30.0,
-) -> dict:
+) -> StudyResult:
     """Download what changed in one study and merge it in one transaction."""
     logger = get_run_logger()
     sync = StudySync(
@@ -66,42 +71,72 @@ def sync_study(
         result = merge_into(Path(cache_path), sync)
     finally:
         sync.close()
-    for name, e in result.entities.items():
+    for name, c in result.collections.items():
+        if c.skipped:
+            logger.warning("%s %s skipped: %s", study_key, name, c.skipped)
+            continue
         logger.info(
             "%s %s: %d fetched, +%d new, %d updated, %d soft-deleted, %d hard-deleted"
             ", %d requests; watermark %s -> %s",
             study_key,
             name,
-            e.fetched,
-            e.inserted,
-            e.updated,
-            e.soft_deleted,
-            e.hard_deleted,
-            e.requests,
-            e.watermark_before,
-            e.watermark_after,
+            c.fetched,
+            c.inserted,
+            c.updated,
+            c.soft_deleted,
+            c.hard_deleted,
+            c.requests,
+            c.watermark_before,
+            c.watermark_after,
         )
-    return result.as_dict()
+    return result
 
 
 @task(name="snapshot-study", task_run_name="snapshot-study[{study_key}]", cache_policy=NO_CACHE)
-def snapshot_study(cache_path: str, study_key: str, snapshot_dir: str, retention: int) -> dict:
+def snapshot_study(
+    cache_path: str, study_key: str, snapshot_dir: str, retention: int
+) -> SnapshotResult:
     conn = connect(cache_path, readonly=True)
     try:
         result = write_snapshot(conn, study_key, snapshot_dir, retention=retention)
     finally:
         conn.close()
     get_run_logger().info(
-        "snapshot of %s at %s: %d file(s) written, %d reused",
+        "snapshot of %s at %s: %d file(s) written (%d bytes), %d reused",
         study_key,
         result.path,
         len(result.files_written),
+        result.bytes_written,
         len(result.files_reused),
     )
-    return {
-        "path": str(result.path),
-        "files_written": len(result.files_written),
-        "files_reused": len(result.files_reused),
-        "rows": result.rows,
-        "seconds": round(result.seconds, 3),
-    }
+    return result
+
+
+@task(name="discover-studies", cache_policy=NO_CACHE)
+def discover_studies(
+    client: ImednetClient, cache_path: str, prune_missing: bool
+) -> tuple[Discovery, list[str]]:
+    """Every study the key can see, recorded in the cache; those gone from the listing are
+    reported (and pruned from the cache only when asked). Returns (discovery, pruned)."""
+    logger = get_run_logger()
+    listed = list_studies(client)
+    conn = connect(cache_path)
+    try:
+        with write_transaction(conn):
+            found = record_listing(conn, listed, format_timestamp(datetime.now(UTC)))
+            pruned = found.missing if prune_missing else []
+            if pruned:
+                prune(conn, pruned)
+    finally:
+        conn.close()
+    logger.info("the key sees %d study(ies): %s", len(found.visible), ", ".join(found.visible))
+    for key in found.missing:
+        if key in pruned:
+            logger.warning("study %s is no longer listed by the API: pruned from the cache", key)
+        else:
+            logger.warning(
+                "study %s is no longer listed by the API; its cached rows are kept "
+                "(prune_missing_studies=True removes them)",
+                key,
+            )
+    return found, pruned

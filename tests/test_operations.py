@@ -29,6 +29,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from deployments.definitions import PROJECT_ROOT, load_definitions
 from flows.incremental_sync import incremental_sync
@@ -316,8 +317,10 @@ def test_multi_study_sync_on_dask(
         }
     )
     keys = [DASK_A.study_key, DASK_B.study_key]
-    result = incremental_sync.with_options(task_runner=runner)(
-        keys, cache_path=str(tmp_path / "cache.sqlite"), snapshot_dir=str(tmp_path / "snap")
+    result = run_coro_as_sync(
+        incremental_sync.with_options(task_runner=runner)(
+            keys, cache_path=str(tmp_path / "cache.sqlite"), snapshot_dir=str(tmp_path / "snap")
+        )
     )
     assert sorted(result.studies) == sorted(keys) == sorted(result.snapshots)
     for key in keys:

@@ -64,11 +64,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from imednet_flows.cache.schema import INCREMENTAL, RECORDS, canonical_ts
 
-from flows.incremental_sync import incremental_sync
+from flows.incremental_sync import run_incremental_sync
 from imednet_flows.cache.crash import ENV as CRASH_ENV
 from imednet_flows.cache.crash import MARKER_ENV
-from imednet_flows.cache.schema import INCREMENTAL, RECORDS, canonical_ts
 from imednet_flows.cache.snapshots import latest_snapshot
 from imednet_flows.emulator import EmulatorServer, StudySpec, running_emulator
 from imednet_flows.frames import parse_ts
@@ -458,7 +458,7 @@ class SyncModel(RuleBasedStateMachine):
     def sync_in_process(self, cache: Cache, full_refresh: bool = False) -> str | None:
         """Run the flow; None when it succeeded, else its error message."""
         try:
-            result = incremental_sync(
+            result = run_incremental_sync(
                 [KEY],
                 cache_path=str(cache.path),
                 snapshot_dir=str(cache.snapshots),

@@ -282,13 +282,14 @@ CODINGS = Collection(
     sorted_by_id=False,
 )
 
-#: Every study-level collection, in the order a run syncs them: set-up lists first (typed
-#: tables need the variables), then the data, then what refers to it.
+#: Every study-level collection, in the order a run syncs them: forms first (a study the
+#: key cannot read fails there, before anything else is asked), the rest of the set-up, then
+#: the data, then what refers to it.
 COLLECTIONS: tuple[Collection, ...] = (
-    SITES,
     FORMS,
-    INTERVALS,
     VARIABLES,
+    SITES,
+    INTERVALS,
     USERS,
     SUBJECTS,
     VISITS,

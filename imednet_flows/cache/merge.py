@@ -103,10 +103,12 @@ def _merge_collection(
     columns = ", ".join(spec.column_names)
     selected = ", ".join(f"s.{c}" for c in spec.column_names)
     if not store.has_rows(conn, spec, key):
-        # Nothing cached yet: every staged row is new, no lookups needed.
+        # Nothing cached yet: every staged row is new, no lookups needed. Arrival order is id
+        # order (pages come sorted), so the cache's B-tree is appended to; a row staged twice
+        # is replaced by its later copy.
         conn.execute(
-            f"INSERT INTO main.{t} ({columns}) SELECT {selected} FROM stage.{t} s "
-            f"WHERE s.study_key=? ORDER BY s.{idc}",
+            f"INSERT OR REPLACE INTO main.{t} ({columns}) SELECT {selected} FROM stage.{t} s "
+            "WHERE s.study_key=? ORDER BY s.rowid",
             (key,),
         )
         result.inserted = store.count(conn, spec, key)

@@ -19,12 +19,19 @@ LOG_ROWS_MAX = 50_000
 LOG_VERSIONS_KEPT = 200
 
 
+def insert_sql(spec: Collection, schema: str = "main") -> str:
+    names = spec.column_names
+    return (
+        f"INSERT INTO {schema}.{spec.table} ({', '.join(names)}) "
+        f"VALUES ({', '.join('?' * len(names))})"
+    )
+
+
 def upsert_sql(spec: Collection, schema: str = "main") -> str:
     names = spec.column_names
     updates = ", ".join(f"{n}=excluded.{n}" for n in names[2:])
     return (
-        f"INSERT INTO {schema}.{spec.table} ({', '.join(names)}) "
-        f"VALUES ({', '.join('?' * len(names))}) "
+        f"{insert_sql(spec, schema)} "
         f"ON CONFLICT (study_key, {spec.id_column}) DO UPDATE SET {updates}"
     )
 
@@ -32,10 +39,11 @@ def upsert_sql(spec: Collection, schema: str = "main") -> str:
 def cached_ids(
     conn: sqlite3.Connection, spec: Collection, study_key: str, schema: str = "main"
 ) -> list[Any]:
+    """Distinct ids in order (a staging table may hold a row twice)."""
     return [
         r[0]
         for r in conn.execute(
-            f"SELECT {spec.id_column} FROM {schema}.{spec.table} WHERE study_key=? "
+            f"SELECT DISTINCT {spec.id_column} FROM {schema}.{spec.table} WHERE study_key=? "
             f"ORDER BY {spec.id_column}",
             (study_key,),
         )

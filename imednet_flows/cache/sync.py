@@ -112,6 +112,9 @@ class StudySync:
                 self._forget(spec)
                 result.skipped = f"the API refused it for this key (HTTP 403): {exc}"
             crash_point(f"sync.after-fetch-{spec.name}")
+        for spec in self.collections:
+            if self.main is not None and store.has_rows(self.main, spec, self.study_key):
+                staging.deduplicate(self.stage, spec)
         self.stage.execute("COMMIT")  # the merge reads this file from another connection
         self.result.requests = sum(c.requests for c in self.result.collections.values())
         self.result.seconds = time.perf_counter() - started
@@ -157,7 +160,7 @@ class StudySync:
         return {"filter": text} if text else {}
 
     def _stage(self, spec: Collection, items: list[dict[str, Any]]) -> None:
-        self.stage.executemany(store.upsert_sql(spec), row_builder(spec)(self.study_key, items))
+        self.stage.executemany(store.insert_sql(spec), row_builder(spec)(self.study_key, items))
 
     def _page_into_stage(
         self, spec: Collection, since: str | None, result: CollectionResult

@@ -18,7 +18,12 @@ from typing import Any
 
 from imednet_flows.emulator.checks import is_int, is_number
 from imednet_flows.emulator.entities import Entity
-from imednet_flows.filter_syntax import FilterError, parse_dnf, parse_timestamp, render_term
+from imednet_flows.filter_syntax import (
+    FilterError,
+    parse_dnf,
+    parse_timestamp,
+    render_term,
+)
 from imednet_flows.timestamps import format_timestamp
 
 TIMESTAMP_MODES = ("", "missing", "garbage")
