@@ -262,6 +262,10 @@ def cache_digest(cache: Path) -> str:
         conn.close()
 
 
+def top_rows(manifest: dict) -> dict[str, int]:
+    return {name: manifest["rows"][name] for name in TOP_FILES}
+
+
 def cache_counts(cache: Path, key: str = KEY) -> dict[str, int]:
     conn = sqlite3.connect(f"{cache.resolve().as_uri()}?mode=ro", uri=True)
     try:
@@ -283,16 +287,19 @@ def sync_runs(cache: Path) -> list[dict[str, object]]:
 
 
 def check_complete_set(set_dir: Path) -> dict:
-    """Every file of a snapshot set opens with pyarrow and holds the rows its manifest says."""
+    """Every table of a snapshot set opens with pyarrow and holds the rows its manifest says,
+    and the set holds exactly the parts its manifest lists."""
     manifest = read_manifest(set_dir)
     for name in TOP_FILES:
         table = pq.read_table(set_dir / f"{name}.parquet")
         assert table.num_rows == manifest["rows"][name], (set_dir, name)
-    for form_key, entry in manifest["forms"].items():
+    entries = [*manifest["collections"].values(), *manifest["forms"].values()]
+    listed = set()
+    for entry in entries:
         table = pq.read_table(set_dir / entry["file"])
-        assert table.num_rows == entry["rows"], (set_dir, form_key)
-    listed = {f"{n}.parquet" for n in TOP_FILES} | {e["file"] for e in manifest["forms"].values()}
-    on_disk = {str(p.relative_to(set_dir)) for p in set_dir.rglob("*.parquet")}
+        assert table.num_rows == entry["rows"], (set_dir, entry["file"])
+        listed |= {f"{entry['file']}/{part['file']}" for part in entry["parts"]}
+    on_disk = {str(p.relative_to(set_dir)) for p in set_dir.rglob("part-*.parquet")}
     assert on_disk == listed, set_dir
     return manifest
 
@@ -424,7 +431,7 @@ def test_crash_at_point_then_recover(
             f"after recovery `latest` -> {current.name} (pre-crash set: {baseline.set_name}), "
             f"leftovers {leftovers(study_dir)}"
         )
-    assert check_complete_set(current)["rows"] == cache_counts(ws.cache)
+    assert top_rows(check_complete_set(current)) == cache_counts(ws.cache)
 
 
 # --------------------------------------------------------------------------------------
@@ -463,7 +470,7 @@ def test_four_concurrent_syncs_are_serialised(
     assert [r["changed"] for r in runs] == [1, 0, 0, 0]
     latest = latest_snapshot(ws.snapshots, KEY)
     assert latest is not None and latest.name != baseline.set_name
-    assert check_complete_set(latest)["rows"] == cache_counts(ws.cache)
+    assert top_rows(check_complete_set(latest)) == cache_counts(ws.cache)
     assert leftovers(ws.study_dir()) == [] and staged_files(ws) == []
 
 
