@@ -338,6 +338,25 @@ def test_parts_are_copied_where_hard_links_fail(
     assert_same_tables(second.path, scratch(conn, tmp_path))
 
 
+def test_a_tampered_manifest_links_nothing_from_elsewhere(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """Part names in an older set's manifest are never followed outside that set."""
+    first = snap(conn, snap_dir)
+    planted = tmp_path / "planted.parquet"
+    planted.write_bytes((first.path / "sites.parquet" / "part-00000.parquet").read_bytes())
+    manifest = read_manifest(first.path)
+    part = manifest["collections"]["sites"]["parts"][0]
+    part["file"] = os.path.relpath(planted, first.path / "sites.parquet")
+    (first.path / MANIFEST).write_text(json.dumps(manifest))
+    change(conn, KEY, "records", edited([data.records[0]], recordStatus="Edited"))
+    second = snap(conn, snap_dir)
+    linked = second.path / "sites.parquet" / "part-00000.parquet"
+    assert linked.stat().st_ino != planted.stat().st_ino
+    assert "sites.parquet/part-00000.parquet" in second.files_written
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
 def test_deletes_and_new_rows(
     tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
 ):

@@ -14,7 +14,11 @@ from imednet_flows.cache.snapshots.parts import (
     touched,
 )
 
-PARTS = [Part(None, 10, part_file(0), 1), Part(100, 10, part_file(1), 1), Part(500, 3, "x", 1)]
+PARTS = [
+    Part(None, 10, part_file(0), 1),
+    Part(100, 10, part_file(1), 1),
+    Part(500, 3, part_file(2), 1),
+]
 
 
 def test_ranges_cover_every_id() -> None:
@@ -60,6 +64,7 @@ def test_part_files_sort_in_id_order() -> None:
         {"parts": [{"lo": 5, "rows": 1, "file": "a", "bytes": 1}]},  # first must be open
         {"parts": [{"lo": None, "rows": 1, "file": "a"}]},
         {"parts": [p.entry() for p in (PARTS[0], PARTS[2], PARTS[1])]},  # out of order
+        {"parts": [{"lo": None, "rows": 1, "file": "../../secret.parquet", "bytes": 1}]},
         {"parts": [PARTS[0].entry(), {"lo": "x", "rows": 1, "file": "b", "bytes": 1},
                    {"lo": 3, "rows": 1, "file": "c", "bytes": 1}]},
     ],

@@ -11,6 +11,7 @@ holds them, and a part that grows past twice ``part_rows`` is split again.
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class Range:
 
     lo: Any = None
     hi: Any = None
+
+
+_PART_FILE = re.compile(r"part-[0-9]{5,}\.parquet")
 
 
 def part_file(number: int) -> str:
@@ -97,6 +101,8 @@ def parse_parts(entry: dict[str, Any] | None) -> list[Part] | None:
         return None
     if not parts or parts[0].lo is not None:
         return None
+    if not all(_PART_FILE.fullmatch(p.file) for p in parts):
+        return None  # only files this code names are ever linked from an older set
     lows = [p.lo for p in parts[1:]]
     try:
         if any(a >= b for a, b in pairwise(lows)):
