@@ -17,12 +17,17 @@ first, so the helpers here exist for the run form's sake:
 from __future__ import annotations
 
 import inspect
+import logging
 import re
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_type_hints
 
 from pydantic import BeforeValidator, Field
 from pydantic.fields import FieldInfo
+
+from imednet_flows.edc.errors import ImednetFlowsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,6 +95,78 @@ def documented(fn: F) -> F:
     if lines:
         fn.__doc__ = f"{inspect.getdoc(fn) or ''}\n\nArgs:\n" + "\n".join(lines) + "\n"
     return fn
+
+
+# --------------------------------------------------------------------------- failure logs
+
+
+class OneTracebackPerFailure(logging.Filter):
+    """A failed deployment run logs its exception twice in Prefect 3.9: the flow engine's
+    "Encountered exception during execution" with the traceback, then, for the same
+    exception, the engine entry point's "Engine execution exited with unexpected
+    exception" with it again. The second record of an exception already logged with its
+    traceback becomes one line: what failed and what to do. Nothing of Prefect's is patched;
+    this is a stdlib filter on the flow-run logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Exceptions cannot be weakly referenced; the last few are kept (runs fail once).
+        self._logged: deque[BaseException] = deque(maxlen=8)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        if not any(seen is exc for seen in self._logged):
+            self._logged.append(exc)
+            return True
+        run = getattr(record, "flow_run_name", None)
+        record.msg = "%s failed: %s"
+        record.args = (f"Flow run {run!r}" if run else "The flow run", failure_line(exc))
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a failure. This project's own errors say what to do in their first
+    line; anything else is unexpected, and the traceback logged above shows where."""
+    text = str(exc).strip()
+    first = text.splitlines()[0].rstrip(".:") if text else type(exc).__name__
+    more = " (details above)" if "\n" in text else ""
+    if isinstance(exc, ImednetFlowsError) or _raised_here(exc):
+        return f"{first}{more}."
+    return (
+        f"{type(exc).__name__}: {first}{more}. Unexpected: the traceback above shows where; "
+        "check the parameters and the API, then run again, or report it with that traceback."
+    )
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """Raised by this project's own code (e.g. the sync's RuntimeError naming the failed
+    studies), whose messages were written to be read."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return path.is_relative_to(_PROJECT) and path.relative_to(_PROJECT).parts[0] in _PACKAGES
+
+
+_PROJECT = Path(__file__).resolve().parent.parent
+_PACKAGES = {"flows", "tasks", "imednet_flows", "deployments"}
+
+
+def install_failure_filter(logger_name: str = "prefect.flow_runs") -> None:
+    """Idempotent. It runs when this module is imported, which every flow module does, so
+    in a deployment run it is in place before the flow starts."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, OneTracebackPerFailure) for f in logger.filters):
+        logger.addFilter(OneTracebackPerFailure())
+
+
+install_failure_filter()
 
 
 # --------------------------------------------------------------------------- markdown
