@@ -118,13 +118,13 @@ def open_table(open_: list[OpenQuery], now: datetime) -> list[dict[str, object]]
         {
             "site": q.site,
             "subject": q.subject_key,
+            "days since last comment": _blank_if_none(waiting_days(q, now)),
             "query": q.annotation_id,
             "record": q.record_id or "",
             "variable": q.variable,
             "description": q.description,
             "last comment": q.last_comment,
             "by": q.last_comment_by,
-            "days since last comment": _blank_if_none(waiting_days(q, now)),
         }
         for q in _oldest_first(open_, now)
     ]
