@@ -268,7 +268,10 @@ def form(page: Any, stack: Stack, name: str, v1: bool = False) -> str:
     page.goto(f"{stack.url}{prefix}/deployments/deployment/{stack.deployments[name].id}/run")
     page.get_by_text("Parameters", exact=True).first.wait_for()
     page.get_by_role("button", name="Submit").wait_for()
-    page.wait_for_timeout(500)  # the form renders its fields after the heading
+    # The form fills in the deployment's parameters after the heading shows; a click before
+    # that is lost.
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(500)
     return " ".join(page.inner_text("body").split())
 
 
@@ -295,9 +298,13 @@ def submit(page: Any, stack: Stack, name: str) -> UUID:
     """Click Submit; the id of the one run of the deployment that the click created."""
     before = {r.id for r in runs_of(stack, name)}
     page.get_by_role("button", name="Submit").click()
-    new = wait_for(
-        lambda: [r for r in runs_of(stack, name) if r.id not in before], 30, f"a {name} run"
-    )
+    try:
+        new = wait_for(
+            lambda: [r for r in runs_of(stack, name) if r.id not in before], 60, f"a {name} run"
+        )
+    except AssertionError as exc:
+        shown = " ".join(page.inner_text("body").split())[-1500:]
+        raise AssertionError(f"{exc}; the page at {page.url} shows: {shown}") from None
     assert len(new) == 1, new
     page.wait_for_url(re.compile(r"^(?!.*/run$)"))  # the UI leaves the form
     return new[0].id

@@ -131,3 +131,48 @@ def test_blank_and_none_filters_mean_no_filter(emulator: EmulatorServer, imednet
         assert get_open_queries(key, filters=given).total == len(
             emulator.emulator.rows(key, "queries")
         )
+
+
+# --------------------------------------------------------------------------- failure lines
+
+
+def test_the_second_record_of_an_exception_is_one_line() -> None:
+    """The flow-run logger's filter, as Prefect's engine calls it: the exception logged
+    twice, the second time it becomes one line naming the run and what to do."""
+    import logging
+
+    from flows.common import OneTracebackPerFailure
+    from imednet_flows.edc.errors import ImednetFlowsError
+
+    logger = logging.getLogger("tests.one-traceback")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.addFilter(OneTracebackPerFailure())
+    try:
+        raise ImednetFlowsError("3 problem(s) in 2 row(s). Fix every row listed:\nrow 1: ...")
+    except ImednetFlowsError:
+        extra = {"flow_run_name": "calm-fox"}
+        logger.exception("Encountered exception during execution", extra=extra)
+        logger.error("Engine execution exited with unexpected exception", exc_info=True)
+    first, second = records
+    assert first.exc_info is not None
+    assert second.exc_info is None and second.exc_text is None
+    assert second.getMessage() == (
+        "The flow run failed: 3 problem(s) in 2 row(s). Fix every row listed (details above)."
+    )
+
+
+def test_failure_lines_tell_own_errors_from_unexpected_ones() -> None:
+    from flows.common import failure_line
+    from imednet_flows.edc.errors import ImednetFlowsError
+
+    assert failure_line(ImednetFlowsError("study key is unknown; check it.")) == (
+        "study key is unknown; check it."
+    )
+    try:
+        {}["missing"]  # a defect, as a KeyError from nowhere would be
+    except KeyError as exc:
+        line = failure_line(exc)
+    assert line.startswith("KeyError: 'missing'. Unexpected: the traceback above shows where")
