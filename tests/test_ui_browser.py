@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -47,7 +45,7 @@ from imednet_flows.emulator import (
     running_emulator,
 )
 from tests.test_deployments import flow_of, wait_for
-from tests.test_operations import BIN, base_env, free_port, tail
+from tests.test_operations import BIN, base_env, prefect_server, stop_group, tail
 
 CHROMIUM = Path(os.environ.get("IMEDNET_FLOWS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -78,16 +76,6 @@ class Stack:
     deployments: dict[str, Any] = field(default_factory=dict)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 def polled_deployments(since: float, serve: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
     """Every deployment of prefect.yaml, once `serve` has polled each ({} until then)."""
     assert serve.poll() is None, f"serve exited:\n{tail(log)}"
@@ -112,66 +100,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("ui-prefect-home")
     work = home / "work"
     work.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api_url = f"{url}/api"
-    env = base_env(home)
-    env.update(
-        PREFECT_UI_ENABLED="true",
-        PREFECT_UI_API_URL=api_url,
-        PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
-        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false",
-    )
-    server_log, serve_log = home / "server.log", home / "serve.log"
-    processes: list[subprocess.Popen[bytes]] = []
-    with running_emulator([DEMO]) as emulator:
-        try:
-            with server_log.open("wb") as out:
-                server = subprocess.Popen(
-                    [
-                        str(BIN / "prefect"),
-                        "server",
-                        "start",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(port),
-                    ],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            processes.append(server)
-
-            def healthy() -> bool:
-                assert server.poll() is None, f"prefect server exited:\n{tail(server_log)}"
-                try:
-                    return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(healthy, 120, f"prefect server on {api_url}", every=0.3)
-            serve_env = dict(
-                base_env(home),
-                PREFECT_API_URL=api_url,
-                PREFECT_RUNNER_POLL_FREQUENCY="1",
-                IMEDNET_BASE_URL=emulator.base_url,
-                IMEDNET_API_KEY=DEMO_API_KEY,
-                IMEDNET_SECURITY_KEY=DEMO_SECURITY_KEY,
+    serve_log = home / "serve.log"
+    with (
+        running_emulator([DEMO]) as emulator,
+        prefect_server(home, PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL="{api_url}") as api,
+    ):
+        serve_env = dict(
+            base_env(home),
+            PREFECT_API_URL=api,
+            PREFECT_RUNNER_POLL_FREQUENCY="1",
+            IMEDNET_BASE_URL=emulator.base_url,
+            IMEDNET_API_KEY=DEMO_API_KEY,
+            IMEDNET_SECURITY_KEY=DEMO_SECURITY_KEY,
+        )
+        with serve_log.open("wb") as out:
+            serve = subprocess.Popen(
+                [str(BIN / "imednet-flows"), "serve"],
+                cwd=work,
+                env=serve_env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
-            with serve_log.open("wb") as out:
-                serve = subprocess.Popen(
-                    [str(BIN / "imednet-flows"), "serve"],
-                    cwd=work,
-                    env=serve_env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            processes.append(serve)
-            started = time.time()
-            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        started = time.time()
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api}):
                 deployments = wait_for(
                     lambda: polled_deployments(started, serve, serve_log),
                     90,
@@ -179,10 +132,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     0.5,
                 )
                 print(f"\nUI screenshots: {SHOTS}")
-                yield Stack(url, api_url, work, emulator, deployments)
+                yield Stack(api.removesuffix("/api"), api, work, emulator, deployments)
         finally:
-            for process in reversed(processes):
-                _stop(process)
+            stop_group(serve, grace=30)
 
 
 @pytest.fixture(scope="module")
