@@ -110,15 +110,17 @@ class OneTracebackPerFailure(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        # Exceptions cannot be weakly referenced; the last few are kept (runs fail once).
-        self._logged: deque[BaseException] = deque(maxlen=8)
+        # (flow run, exception): a parent run that re-raises a subflow's exception logs its
+        # own traceback. Exceptions cannot be weakly referenced; the last few are kept.
+        self._logged: deque[tuple[object, BaseException]] = deque(maxlen=8)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is None:
             return True
-        if not any(seen is exc for seen in self._logged):
-            self._logged.append(exc)
+        run_id = getattr(record, "flow_run_id", None)
+        if not any(run == run_id and seen is exc for run, seen in self._logged):
+            self._logged.append((run_id, exc))
             return True
         run = getattr(record, "flow_run_name", None)
         record.msg = "%s failed: %s"

@@ -153,14 +153,20 @@ def test_the_second_record_of_an_exception_is_one_line() -> None:
     try:
         raise ImednetFlowsError("3 problem(s) in 2 row(s). Fix every row listed:\nrow 1: ...")
     except ImednetFlowsError:
-        extra = {"flow_run_name": "calm-fox"}
-        logger.exception("Encountered exception during execution", extra=extra)
-        logger.error("Engine execution exited with unexpected exception", exc_info=True)
-    first, second = records
-    assert first.exc_info is not None
+        child = {"flow_run_id": "child", "flow_run_name": "child-run"}
+        logger.exception("Encountered exception during execution", extra=child)
+        # a parent run re-raising its subflow's exception logs its own traceback
+        parent = {"flow_run_id": "parent", "flow_run_name": "parent-run"}
+        logger.exception("Encountered exception during execution", extra=parent)
+        logger.error(
+            "Engine execution exited with unexpected exception", exc_info=True, extra=parent
+        )
+    first, in_parent, second = records
+    assert first.exc_info is not None and in_parent.exc_info is not None
     assert second.exc_info is None and second.exc_text is None
     assert second.getMessage() == (
-        "The flow run failed: 3 problem(s) in 2 row(s). Fix every row listed (details above)."
+        "Flow run 'parent-run' failed: 3 problem(s) in 2 row(s). Fix every row listed "
+        "(details above)."
     )
 
 
