@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test soak lint bench venv clean
+.PHONY: demo test soak lint bench venv clean chromium
 
 venv: $(STAMP)
 
@@ -21,7 +21,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/imednet-flows demo
 
-test: $(STAMP)
+# The browser test (tests/test_ui_browser.py) drives Debian's chromium; Playwright cannot
+# download a browser here. Installed when missing, without prompts (CI has no stdin).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing chromium for the browser test (apt-get)"; \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium </dev/null; }
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
 
 # The sync's state machine at length (tests/test_sync_model.py). It prints its seed;
