@@ -6,70 +6,18 @@ get_open_queries --> queries.list --> latest comment of each --> closed? skip : 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from flows.common import FILTER_HELP, Concurrency, StudyKey, artifact_key, documented
 from imednet_flows.filter_syntax import dnf
+from imednet_flows.queries import OpenQueriesResult, open_queries_result
 from tasks.api import list_queries
 from tasks.client import imednet_client
-
-
-class OpenQuery(BaseModel):
-    annotation_id: int
-    subject_key: str
-    record_id: int | None
-    variable: str
-    description: str
-    annotation_type: str
-    opened: str
-    last_comment: str
-    last_comment_by: str
-    last_comment_at: str
-    comments: int
-
-
-class OpenQueriesResult(BaseModel):
-    study_key: str
-    open: list[OpenQuery]
-    #: Queries with no comment at all: open or closed cannot be told, so they are listed apart.
-    without_comments: list[OpenQuery]
-    closed: int
-    total: int
-
-
-def latest_comment(query: dict[str, Any]) -> dict[str, Any] | None:
-    comments = query.get("queryComments") or []
-    return max(comments, key=lambda c: c.get("sequence") or 0) if comments else None
-
-
-def classify(queries: list[dict[str, Any]]) -> tuple[list[OpenQuery], list[OpenQuery], int]:
-    """(open, without comments, number closed): the latest comment decides, as in the SDK."""
-    open_, undetermined, closed = [], [], 0
-    for query in queries:
-        last = latest_comment(query)
-        if last is not None and last.get("closed"):
-            closed += 1
-            continue
-        item = OpenQuery(
-            annotation_id=query["annotationId"],
-            subject_key=query.get("subjectKey") or "",
-            record_id=query.get("recordId") or None,
-            variable=query.get("variable") or "",
-            description=query.get("description") or "",
-            annotation_type=query.get("annotationType") or "",
-            opened=query.get("dateCreated") or "",
-            last_comment=(last or {}).get("comment") or "",
-            last_comment_by=(last or {}).get("user") or "",
-            last_comment_at=(last or {}).get("date") or "",
-            comments=len(query.get("queryComments") or []),
-        )
-        (open_ if last is not None else undetermined).append(item)
-    return open_, undetermined, closed
 
 
 def _age_days(stamp: str, now: datetime) -> int | str:
@@ -98,14 +46,8 @@ def get_open_queries(
     dnf(filters)
     with imednet_client(max_concurrency) as client:
         queries = list_queries.submit(client, study_key, filters).result()
-    open_, undetermined, closed = classify(queries)
-    result = OpenQueriesResult(
-        study_key=study_key,
-        open=open_,
-        without_comments=undetermined,
-        closed=closed,
-        total=len(queries),
-    )
+    result = open_queries_result(study_key, queries)
+    open_, undetermined, closed = result.open, result.without_comments, result.closed
     now = datetime.now(UTC)
     table = [
         {

@@ -12,10 +12,12 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 
 from imednet_flows.edc.client import ImednetClient, study_path
-from imednet_flows.edc.paging import iter_items, list_studies
+from imednet_flows.edc.paging import list_studies
 from imednet_flows.filter_syntax import Dnf
+from imednet_flows.listing import Submit, list_rows
 
 Row = dict[str, Any]
 
@@ -50,15 +52,13 @@ def _list(
     groups: Dnf | None = None,
 ) -> Rows:
     return Rows(
-        list(
-            iter_items(
-                client,
-                study_key,
-                route,
-                filter_text=filter_text,
-                record_data_filter=record_data_filter,
-                groups=groups,
-            )
+        list_rows(
+            client,
+            study_key,
+            route,
+            filter_text=filter_text,
+            record_data_filter=record_data_filter,
+            groups=groups,
         )
     )
 
@@ -118,6 +118,28 @@ def list_queries(
     client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
 ) -> Rows:
     return _list(client, study_key, "queries", filter_text, groups=groups)
+
+
+#: The listing task of each route, for `submitter`.
+LISTINGS = {
+    "sites": list_sites,
+    "forms": list_forms,
+    "intervals": list_intervals,
+    "variables": list_variables,
+    "subjects": list_subjects,
+    "visits": list_visits,
+    "records": list_records,
+    "queries": list_queries,
+}
+
+
+def submitter(client: ImednetClient) -> Submit:
+    """The shared read workflows' way to start a listing, as a task run of this flow run."""
+
+    def submit(route: str, study_key: str, **options: Any) -> PrefectFuture[Rows]:
+        return LISTINGS[route].submit(client, study_key, **options)
+
+    return submit
 
 
 @_api_task(name="get-job", task_run_name="get-job[{study_key}:{batch_id}]")

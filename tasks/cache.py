@@ -18,6 +18,7 @@ from imednet_flows.cache.schema import connect
 from imednet_flows.cache.snapshots import write_snapshot
 from imednet_flows.cache.sync import StudySync, merge_into
 from imednet_flows.edc.client import ImednetClient
+from imednet_flows.progress import study_pages
 
 
 def _progress_reporter(study_key: str):
@@ -59,7 +60,7 @@ def sync_study(
         study_key,
         full_refresh=full_refresh,
         overlap_seconds=overlap_seconds,
-        progress=_progress_reporter(study_key),
+        progress=study_pages(study_key, _progress_reporter(study_key)),
     )
     try:
         sync.run_fetch()
