@@ -677,6 +677,20 @@ def demo(
     raise typer.Exit(run_demo(subjects=subjects))
 
 
+@app.command()
+def doctor(
+    study: Annotated[
+        str | None,
+        typer.Option("--study", help="Study key to examine (default: the first one visible)."),
+    ] = None,
+) -> None:
+    """Check the keys, study access and every server behaviour the sync relies on
+    (read-only, at most 20 requests); exit 1 if anything failed."""
+    from imednet_flows.doctor import run_doctor
+
+    raise typer.Exit(run_doctor(study))
+
+
 def main() -> None:
     app()
 

@@ -16,8 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from imednet_flows.edc.server_checks import check_split
+
 #: Largest range listed outright; one page of the API.
 LEAF_ROWS = 200
+#: Above every id the API hands out: the search's top range ends here.
+ID_CEILING = 2**62
 
 CountFn = Callable[[int, int], int]
 ListFn = Callable[[int, int], list[dict[str, Any]]]
@@ -43,7 +47,9 @@ def find_differences(
     if not local_ids and server_total == 0:
         return out
     lo = min(local_ids[0], 0) if local_ids else 0
-    _walk(local_ids, lo, 2**62, server_total, server_count, server_rows, id_field, leaf_rows, out)
+    _walk(
+        local_ids, lo, ID_CEILING, server_total, server_count, server_rows, id_field, leaf_rows, out
+    )
     out.vanished.sort()
     return out
 
@@ -61,7 +67,9 @@ def _walk(
 ) -> None:
     if server_n == len(ids):
         return  # same count: taken as the same set (see module docstring)
-    if len(ids) <= leaf_rows and server_n <= leaf_rows:
+    # A range of at most leaf_rows ids is listed whatever its count: a count derived while
+    # rows vanish can exceed what the range holds, and halving ranges must end somewhere.
+    if len(ids) <= leaf_rows and (server_n <= leaf_rows or hi - lo < leaf_rows):
         rows = server_rows(lo, hi)
         out.requests += 1
         server_ids = {row[id_field] for row in rows}
@@ -75,6 +83,7 @@ def _walk(
         mid = lo + 1
     left_n = server_count(lo, mid - 1)
     out.requests += 1
+    check_split(left_n, lo, mid - 1, server_n, lo, hi, id_field)
     split = bisect.bisect_left(ids, mid)
     _walk(ids[:split], lo, mid - 1, left_n, server_count, server_rows, id_field, leaf_rows, out)
     _walk(

@@ -32,16 +32,27 @@ from imednet_flows.cache.schema import (
     INCREMENTAL,
     STRUCTURE,
     EntitySpec,
-    canonical_ts,
     connect,
 )
 from imednet_flows.edc.client import MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.edc.paging import scoped_filter
+from imednet_flows.edc.server_checks import (
+    MAX_CLOCK_AHEAD,
+    Asked,
+    Listing,
+    check_complete,
+    check_id_range,
+    check_keyset,
+    check_listing,
+    check_since,
+)
 from imednet_flows.filter_syntax import format_timestamp, parse_timestamp
 
 #: Refuse to delete more than this share of a study's cached rows without full_refresh.
 SUSPICIOUS_DELETE_SHARE = 0.5
 SUSPICIOUS_DELETE_MIN = 50
+#: Clocks a second apart are the API's resolution, not a skew.
+MIN_CLOCK_AHEAD = 2.0
 
 
 class SuspiciousResponse(RuntimeError):
@@ -90,10 +101,6 @@ class StudyResult:
         }
 
 
-def _server_now(payload: dict[str, Any]) -> str | None:
-    return canonical_ts((payload.get("metadata") or {}).get("timestamp"))
-
-
 def _minus(stamp: str, seconds: float) -> str:
     return format_timestamp(parse_timestamp(stamp) - timedelta(seconds=seconds))
 
@@ -128,8 +135,15 @@ class StudySync:
         self.main = connect(cache_path, readonly=True) if cache_path.exists() else None
 
     # -- fetching ---------------------------------------------------------------------
-    def _get(self, route: str, params: dict[str, Any], what: str) -> dict[str, Any]:
-        return self.client.get(study_path(self.study_key, route), params, what=what)
+    def _get(self, spec: EntitySpec, params: dict[str, Any], what: str) -> Listing:
+        """One page, checked against what the sync assumes of every response (page size,
+        totals, the server's clock) before any of it reaches the staging file."""
+        path = study_path(self.study_key, spec.route)
+        payload = self.client.get(path, params, what=what)
+        # A server clock ahead of ours by more than the overlap would push the watermark past
+        # changes the next run's re-read no longer covers.
+        ahead = max(MIN_CLOCK_AHEAD, min(MAX_CLOCK_AHEAD, self.overlap))
+        return check_listing(payload, Asked.of(path, params), spec.id_field, max_ahead=ahead)
 
     def fetch_structure(self) -> None:
         for spec in STRUCTURE:
@@ -160,9 +174,9 @@ class StudySync:
         page, server_now, totals = 0, None, []
         sql = store.upsert_sql(spec)
 
-        def fetch(number: int) -> dict[str, Any]:
+        def fetch(number: int) -> Listing:
             return self._get(
-                spec.route,
+                spec,
                 {**params, "page": number, "size": MAX_PAGE_SIZE},
                 f"syncing {spec.name} of study {self.study_key} (page {number})",
             )
@@ -171,18 +185,19 @@ class StudySync:
         with ThreadPoolExecutor(1, thread_name_prefix=f"fetch-{spec.name}") as pool:
             pending = pool.submit(fetch, 0)
             while True:
-                payload = pending.result()
+                listing = pending.result()
                 result.requests += 1
-                pagination = payload.get("pagination") or {}
-                total_pages = int(pagination.get("totalPages") or 0)
+                total_pages = listing.total_pages
                 if page < total_pages - 1:
                     pending = pool.submit(fetch, page + 1)
                 if page == 0:
-                    server_now = _server_now(payload)
-                items = payload.get("data") or []
+                    server_now = listing.server_now
+                items = listing.items
+                if since:
+                    check_since(items, since, listing.asked, spec.id_field)
                 self.stage.executemany(sql, [spec.to_row(self.study_key, i) for i in items])
                 result.fetched += len(items)
-                totals.append(int(pagination.get("totalElements") or 0))
+                totals.append(listing.total_elements)
                 if self.progress:
                     self.progress(spec.name, page + 1, total_pages)
                 if page == 1:
@@ -191,22 +206,27 @@ class StudySync:
                     break
                 page += 1
         if spec.incremental and min(totals[1:], default=totals[0]) < max(totals):
-            self._keyset_pass(spec, groups, result)
+            self._keyset_pass(spec, groups, since, result)
         return server_now
 
-    def _keyset_pass(self, spec: EntitySpec, groups: list[list[str]], result: EntityResult) -> None:
+    def _keyset_pass(
+        self, spec: EntitySpec, groups: list[list[str]], since: str | None, result: EntityResult
+    ) -> None:
         last = -1
         sql = store.upsert_sql(spec)
         while True:
             keyed = [[*g, f"{spec.id_field}>{last}"] for g in groups]
             text = scoped_filter(spec.route, self.study_key, keyed)
-            payload = self._get(
-                spec.route,
+            listing = self._get(
+                spec,
                 {"filter": text, "page": 0, "size": MAX_PAGE_SIZE},
                 f"re-reading {spec.name} of study {self.study_key}",
             )
             result.requests += 1
-            items = payload.get("data") or []
+            items = listing.items
+            check_keyset(items, spec.id_field, last, listing.asked)
+            if since:
+                check_since(items, since, listing.asked, spec.id_field)
             self.stage.executemany(sql, [spec.to_row(self.study_key, i) for i in items])
             if len(items) < MAX_PAGE_SIZE:
                 return
@@ -217,19 +237,23 @@ class StudySync:
         groups = [[]] if lo is None else [[f"{spec.id_field}>={lo}", f"{spec.id_field}<={hi}"]]
         text = scoped_filter(spec.route, self.study_key, groups)
         params = {"page": 0, "size": 1, **({"filter": text} if text else {})}
-        payload = self._get(spec.route, params, f"counting {spec.name} of {self.study_key}")
-        return int((payload.get("pagination") or {}).get("totalElements") or 0)
+        listing = self._get(spec, params, f"counting {spec.name} of {self.study_key}")
+        if lo is not None:
+            check_id_range(listing.items, spec.id_field, lo, hi, listing.asked)
+        return listing.total_elements
 
     def _server_rows(self, spec: EntitySpec, lo: int, hi: int) -> list[dict[str, Any]]:
         text = scoped_filter(
             spec.route, self.study_key, [[f"{spec.id_field}>={lo}", f"{spec.id_field}<={hi}"]]
         )
-        payload = self._get(
-            spec.route,
+        listing = self._get(
+            spec,
             {"filter": text, "page": 0, "size": MAX_PAGE_SIZE},
             f"checking {spec.name} of {self.study_key} for deletions",
         )
-        return payload.get("data") or []
+        check_id_range(listing.items, spec.id_field, lo, hi, listing.asked)
+        check_complete(listing)
+        return listing.items
 
     def _expected_count(self, spec: EntitySpec) -> int:
         """Rows the cache will hold after the merge, without loading every id: cached rows

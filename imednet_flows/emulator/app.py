@@ -20,6 +20,7 @@ from imednet_flows.emulator.admin import handle_admin
 from imednet_flows.emulator.entities import ENTITIES, STUDY_ROUTES
 from imednet_flows.emulator.handle import Emulator, RequestEntry
 from imednet_flows.emulator.jobs import BadBatch, check_batch
+from imednet_flows.emulator.quirks import listing_quirks
 from imednet_flows.emulator.store import QueryError, parse_sorts
 from imednet_flows.emulator.wire import Receive, Request, Response, Send, send_response
 
@@ -305,6 +306,9 @@ class EmulatorApp:
         filter_text = request.param("filter") if entity.filterable else ""
         data_filter = request.param("recordDataFilter") if route == "records" else ""
         include_inactive = request.param("includeInactive", "false").lower() in ("true", "1")
+        filter_text, size, finish = listing_quirks(
+            self.emulator.config.quirks, entity, filter_text, size
+        )
         try:
             sorts = parse_sorts(entity, request.query.get("sort", []))
             rows = self.emulator.state.list_rows(
@@ -343,7 +347,7 @@ class EmulatorApp:
             },
             "data": data,
         }
-        return Response(200, payload)
+        return Response(200, finish(payload))
 
     def _post_records(self, request: Request, study_key: str, entry: RequestEntry) -> Response:
         try:

@@ -19,6 +19,7 @@ from imednet_flows.emulator.entities import ENTITIES
 from imednet_flows.emulator.faults import FaultBoard, FaultRule
 from imednet_flows.emulator.jobs import TERMINAL, Job, advance
 from imednet_flows.emulator.mutations import MUTATIONS
+from imednet_flows.emulator.quirks import Quirks
 from imednet_flows.emulator.seed import StudySpec
 from imednet_flows.emulator.store import EmulatorState, StudyStore
 
@@ -53,10 +54,16 @@ class EmulatorConfig:
     echo_typed_values: bool = False
     #: Serve `GET /studies/{K}/jobs` (an optional extension); False answers it with 404.
     jobs_listing: bool = True
+    #: Deliberate breaks of what the sync assumes of the API (see `quirks.Quirks`).
+    quirks: Quirks = field(default_factory=Quirks)
 
     def __post_init__(self) -> None:
         fields = dataclasses.fields(self)
         problems = [p for f in fields if (p := _config_problem(f.name, getattr(self, f.name)))]
+        try:  # the admin route sends quirks as a JSON object
+            self.quirks = Quirks.from_json(self.quirks)
+        except ValueError as error:
+            problems.append(str(error))
         if problems:
             raise ValueError("; ".join(problems))
 
