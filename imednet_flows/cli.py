@@ -36,8 +36,8 @@ app = typer.Typer(
     "Recorded in Prefect or not: extract, subject and queries are flow runs recorded in "
     "Prefect when a Prefect API is configured (PREFECT_API_URL), and otherwise run the same "
     "code directly, unrecorded and without Prefect's start-up; sync and upsert are always "
-    "recorded flow runs; studies and subjects are lookups, never recorded. Each command says "
-    "which on stderr.",
+    "recorded flow runs; studies and subjects are lookups, never recorded. These commands "
+    "say which on stderr.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
