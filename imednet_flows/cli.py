@@ -210,8 +210,10 @@ def _flow_console() -> None:
 
 
 def _say(message: str) -> None:
-    """Notes about the run (recorded or not, progress) go to stderr: stdout keeps results."""
-    typer.echo(message, err=True)
+    """Notes about the run (recorded or not) go to stderr: stdout keeps results. Written to
+    whatever `sys.stderr` is now: while progress bars show, that is their proxy, which
+    prints the note above them (click would write past it, into the bars)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _recording(lookup: bool = False, always: str | None = None) -> Recording:
@@ -238,7 +240,7 @@ def _recording(lookup: bool = False, always: str | None = None) -> Recording:
 def _run_flow(flow_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a flow in this process, say which flow run recorded it, and return its result
     (raising its exception if it failed)."""
-    _flow_console()
+    _flow_console()  # a no-op when the command has set it up already
     from prefect.utilities.urls import url_for
 
     state = flow_fn(*args, return_state=True, **kwargs)  # type: ignore[call-arg]
@@ -299,6 +301,7 @@ def sync(
     _recording(always="sync")
     from flows.incremental_sync import incremental_sync
 
+    _flow_console()  # before the bars, which print Prefect's log lines above themselves
     try:
         with cli_progress.shown():
             result = _run_flow(
@@ -400,6 +403,8 @@ def extract(
     try:
         criteria = Criteria.parsed(record_filter, subject_filter, visit_filter, record_data_filter)
         mode = _recording()
+        if mode.as_flow:
+            _flow_console()  # before the bars, which print Prefect's log lines above themselves
         with cli_progress.shown():
             if mode.as_flow:
                 from flows.extract_records import extract_records_by_criteria
@@ -591,6 +596,7 @@ def upsert(
         rows = read_rows(path)  # a file that holds no rows is refused before any flow run starts
         from flows.upsert_records import create_or_update_records
 
+        _flow_console()  # before the bars, which print Prefect's log lines above themselves
         with cli_progress.shown() as shown:
             shown.expect(upsert_key(study, "rows"), f"{study} rows sent", "rows", len(rows))
             result = _run_flow(

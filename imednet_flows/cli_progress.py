@@ -8,13 +8,14 @@ a bar is drawn with.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from imednet_flows import progress
 from imednet_flows.progress import Step
@@ -78,8 +79,32 @@ class PlainLines:
             self.stream.flush()
 
 
+def _terminal_log_handlers() -> list[logging.Handler]:
+    """Log handlers that print to a terminal through a rich console of their own, as
+    Prefect's console handler does (each once, wherever it is attached)."""
+    from rich.console import Console
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    found: dict[int, logging.Handler] = {}
+    for logger in loggers:
+        for handler in logger.handlers:
+            console = getattr(handler, "console", None)
+            if isinstance(console, Console) and console.is_terminal:
+                found.setdefault(id(handler), handler)
+    return list(found.values())
+
+
 class Bars:
-    """One rich progress bar per piece of work, left on screen when done."""
+    """One rich progress bar per piece of work, left on screen when done.
+
+    Log lines printed while the bars show must go through the bars' console, which draws
+    them above the bars; printed past it, each lands inside a bar and the bars are drawn
+    again below it. So a log handler that prints to a terminal through a rich console of its
+    own (Prefect's does) prints through the bars' console until they close. (Sharing the
+    handler's console instead fails: Prefect's theme has none of the bars' styles.)
+    """
 
     def __init__(self, stream: TextIO) -> None:
         from rich.console import Console
@@ -101,6 +126,7 @@ class Bars:
         )
         self.tasks: dict[str, int] = {}
         self.lock = threading.Lock()
+        self.shared: list[tuple[logging.Handler, Any]] = []
 
     def expect(self, key: str, label: str, unit: str, total: int | None) -> None:
         with self.lock:
@@ -118,10 +144,16 @@ class Bars:
         )
 
     def start(self) -> None:
+        for handler in _terminal_log_handlers():
+            self.shared.append((handler, handler.console))  # type: ignore[attr-defined]
+            handler.console = self.progress.console  # type: ignore[attr-defined]
         self.progress.start()
 
     def close(self) -> None:
         self.progress.stop()
+        for handler, console in self.shared:
+            handler.console = console  # type: ignore[attr-defined]
+        self.shared.clear()
 
 
 def on_terminal(stream: TextIO) -> bool:

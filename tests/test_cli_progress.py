@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,9 @@ from typer.testing import CliRunner
 from imednet_flows import progress
 from imednet_flows.cli import app
 from imednet_flows.cli_progress import Bars, PlainLines
-from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
+from imednet_flows.emulator import EmulatorServer
 from imednet_flows.progress import Step
+from tests.cli_helpers import user_env
 from tests.conftest import BIG, SMALL
 
 Env = Callable[[EmulatorServer], None]
@@ -93,16 +95,7 @@ def test_a_failing_listener_never_fails_the_work() -> None:
 # --------------------------------------------------------------------------- the commands
 
 
-@pytest.fixture
-def api_url(prefect_api: None, monkeypatch: pytest.MonkeyPatch) -> str:
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    monkeypatch.setenv("PREFECT_API_URL", url)
-    return url
-
-
-@pytest.mark.usefixtures("api_url")
+@pytest.mark.usefixtures("prefect_api_url")
 def test_sync_reports_every_entity_page_by_page(
     fresh_emulator: EmulatorServer, imednet_env: Env, tmp_path: Path
 ) -> None:
@@ -118,7 +111,7 @@ def test_sync_reports_every_entity_page_by_page(
     assert "recorded in Prefect" in done.stderr
 
 
-@pytest.mark.usefixtures("api_url")
+@pytest.mark.usefixtures("prefect_api_url")
 def test_upsert_reports_rows_sent_and_jobs_finished(
     fresh_emulator: EmulatorServer, imednet_env: Env, tmp_path: Path
 ) -> None:
@@ -152,7 +145,10 @@ def tmux() -> Iterator[Callable[[str, dict[str, str]], str]]:
 
     def run(command: str, env: dict[str, str]) -> str:
         session = uuid.uuid4().hex[:8]
-        exports = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+        # The server takes the environment of the process that starts it; a session takes
+        # the server's, so each one is also given its own with -e.
+        exports = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
+        shell = f"{command}; echo COMMAND-FINISHED; sleep 600"
         subprocess.run(
             [
                 *base,
@@ -166,10 +162,11 @@ def tmux() -> Iterator[Callable[[str, dict[str, str]], str]]:
                 "-y",
                 "50",
                 *exports,
-                f"{command}; echo COMMAND-FINISHED; sleep 600",
+                shell,
             ],
             check=True,
             timeout=30,
+            env=env,
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -191,15 +188,10 @@ def tmux() -> Iterator[Callable[[str, dict[str, str]], str]]:
         subprocess.run([*base, "kill-server"], capture_output=True, timeout=30, check=False)
 
 
-def user_env(server: EmulatorServer, home: Path) -> dict[str, str]:
-    return {
-        "IMEDNET_BASE_URL": server.base_url,
-        "IMEDNET_API_KEY": DEMO_API_KEY,
-        "IMEDNET_SECURITY_KEY": DEMO_SECURITY_KEY,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": "",
-    }
+def line_of(screen: str, start: str) -> str:
+    lines = [line for line in screen.splitlines() if line.startswith(start)]
+    assert len(lines) == 1, f"{len(lines)} lines start with {start!r}; the screen:\n{screen}"
+    return lines[0]
 
 
 def test_extract_on_a_terminal_draws_bars_and_through_a_pipe_prints_lines(
@@ -209,7 +201,7 @@ def test_extract_on_a_terminal_draws_bars_and_through_a_pipe_prints_lines(
     pages = -(-len(emulator.emulator.rows(BIG.study_key, "records")) // 500)
     command = f"{CLI} extract --study {BIG.study_key}"
     screen = tmux(f"{command} > /dev/null", env)
-    bar = next(line for line in screen.splitlines() if line.startswith(f"{BIG.study_key} records"))
+    bar = line_of(screen, f"{BIG.study_key} records ")
     assert "━━━━" in bar and f"{pages}/{pages} pages" in bar
     log = tmp_path / "piped.txt"
     screen = tmux(f"{command} 2>&1 >/dev/null | cat > {log}", env)
@@ -221,15 +213,17 @@ def test_extract_on_a_terminal_draws_bars_and_through_a_pipe_prints_lines(
 def test_sync_on_a_terminal_draws_a_bar_per_entity(
     tmux: Callable[[str, dict[str, str]], str],
     fresh_emulator: EmulatorServer,
-    api_url: str,
+    prefect_api_url: str,
     tmp_path: Path,
 ) -> None:
-    env = {**user_env(fresh_emulator, tmp_path / "home"), "PREFECT_API_URL": api_url}
+    env = user_env(fresh_emulator, tmp_path / "home", prefect_api_url)
     k = SMALL.study_key
     screen = tmux(
         f"{CLI} sync --study {k} --cache {tmp_path}/c.sqlite --snapshots {tmp_path}/snap", env
     )
-    for entity in ("subjects", "records", "queries"):
-        bar = next(line for line in screen.splitlines() if line.startswith(f"{k} {entity} "))
+    for entity in ("forms", "variables", "subjects", "visits", "records", "queries"):
+        bar = line_of(screen, f"{k} {entity} ")  # once: log lines never break into the bars
         assert "━━━━" in bar and "1/1 pages" in bar, screen
-    assert f"recorded in Prefect at {api_url}" in screen
+    assert f"recorded in Prefect at {prefect_api_url}" in screen
+    note = re.compile(r"^flow run [0-9a-f-]{36} completed(: http\S+)?$", re.MULTILINE)
+    assert note.search(screen), screen

@@ -9,7 +9,6 @@ Expected values come from the emulator's own rows.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from imednet_flows.cli import app
-from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
+from imednet_flows.emulator import EmulatorServer
+from tests.cli_helpers import user_env
 from tests.conftest import BIG, SMALL
 
 Env = Callable[[EmulatorServer], None]
@@ -39,20 +39,6 @@ try:
 finally:
     sys.stderr.write(f"\\nPREFECT-IMPORTED={'prefect' in sys.modules}\\n")
 """
-
-
-def emulator_env(server: EmulatorServer, home: Path) -> dict[str, str]:
-    """A user's environment: keys and URL exported, Prefect's home empty (no profile, so no
-    Prefect API configured), nothing of this test process's Prefect settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        IMEDNET_BASE_URL=server.base_url,
-        IMEDNET_API_KEY=DEMO_API_KEY,
-        IMEDNET_SECURITY_KEY=DEMO_SECURITY_KEY,
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    )
-    return env
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -80,16 +66,6 @@ def open_truth(rows: list[dict[str, Any]]) -> tuple[set[int], int, int]:
     return open_, closed, none
 
 
-@pytest.fixture
-def api_url(prefect_api: None, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The session's Prefect API, configured the way a user configures one."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    monkeypatch.setenv("PREFECT_API_URL", url)
-    return url
-
-
 def flow_run(run_id: str) -> Any:
     from prefect.client.orchestration import get_client
 
@@ -113,7 +89,7 @@ def test_queries_without_a_prefect_api_run_directly_and_say_so(
     even imports Prefect (its import alone costs a second), says the run is not recorded,
     and reports exactly the study's open queries."""
     home = tmp_path / "prefect-home"
-    done = run_cli(["queries", "--study", K], emulator_env(emulator, home), tmp_path)
+    done = run_cli(["queries", "--study", K], user_env(emulator, home), tmp_path)
     assert done.returncode == 0, done.stderr
     assert "PREFECT-IMPORTED=False" in done.stderr
     assert "not recorded in Prefect" in done.stderr and "PREFECT_API_URL" in done.stderr
@@ -129,18 +105,17 @@ def test_queries_without_a_prefect_api_run_directly_and_say_so(
 
 
 def test_a_configured_profile_api_records_the_run(
-    emulator: EmulatorServer, api_url: str, tmp_path: Path
+    emulator: EmulatorServer, prefect_api_url: str, tmp_path: Path
 ) -> None:
     """`prefect config set PREFECT_API_URL=...` writes the active profile, not the
     environment: the command line finds it there too and records the run."""
     home = tmp_path / "prefect-home"
     home.mkdir()
-    (home / "profiles.toml").write_text(
-        f'active = "team"\n[profiles.team]\nPREFECT_API_URL = "{api_url}"\n', encoding="utf-8"
-    )
-    done = run_cli(["queries", "--study", K], emulator_env(emulator, home), tmp_path)
+    profile = f'active = "team"\n[profiles.team]\nPREFECT_API_URL = "{prefect_api_url}"\n'
+    (home / "profiles.toml").write_text(profile, encoding="utf-8")
+    done = run_cli(["queries", "--study", K], user_env(emulator, home), tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"recorded in Prefect at {api_url}" in done.stderr
+    assert f"recorded in Prefect at {prefect_api_url}" in done.stderr
     run = flow_run(recorded_run_id(done.stderr))
     assert run.state.is_completed() and run.parameters["study_key"] == K
 
@@ -179,7 +154,7 @@ COMMANDS: dict[str, tuple[str, Callable[[EmulatorServer], list[str]]]] = {
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_recorded_and_direct_runs_print_the_same(
-    command: str, emulator: EmulatorServer, imednet_env: Env, api_url: str
+    command: str, emulator: EmulatorServer, imednet_env: Env, prefect_api_url: str
 ) -> None:
     """With a Prefect API configured the command is a flow run there, and says which;
     --no-record runs the flow's own functions without Prefect and prints the same."""
@@ -188,7 +163,7 @@ def test_recorded_and_direct_runs_print_the_same(
     args = args_of(emulator)
     recorded = runner.invoke(app, args)
     assert recorded.exit_code == 0, recorded.stderr
-    assert f"recorded in Prefect at {api_url}" in recorded.stderr
+    assert f"recorded in Prefect at {prefect_api_url}" in recorded.stderr
     run = flow_run(recorded_run_id(recorded.stderr))
     assert run.state.is_completed()
     from prefect.client.orchestration import get_client
