@@ -261,3 +261,30 @@ def test_studies_lists_what_the_keys_can_see(emulator: EmulatorServer, imednet_e
     ]
     assert all(s["studyName"] in line for s, line in zip(truth, lines[1:-1], strict=True))
     assert lines[-1] == f"{len(truth)} study(ies)" and "a lookup" in done.stderr
+
+
+# --------------------------------------------------------------------------- where a run goes
+
+
+def test_the_configured_prefect_api_is_found_where_prefect_finds_it(tmp_path: Path) -> None:
+    from imednet_flows.recording import configured_api_url, decide
+
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(
+        'active = "local"\n[profiles.local]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'
+        '[profiles.cloud]\nPREFECT_API_URL = "https://api.prefect.cloud/api/x"\n'
+        "[profiles.ephemeral]\n",
+        encoding="utf-8",
+    )
+    home = {"PREFECT_HOME": str(tmp_path)}
+    assert configured_api_url(home) == "http://127.0.0.1:4200/api"
+    assert configured_api_url({**home, "PREFECT_PROFILE": "cloud"}).startswith("https://")
+    assert configured_api_url({**home, "PREFECT_PROFILE": "ephemeral"}) is None
+    assert configured_api_url({**home, "PREFECT_API_URL": "http://h/api"}) == "http://h/api"
+    assert configured_api_url({**home, "PREFECT_API_URL": " "}) == "http://127.0.0.1:4200/api"
+    moved = {"PREFECT_PROFILES_PATH": str(tmp_path / "none.toml")}
+    assert configured_api_url(moved) is None
+    (tmp_path / "broken.toml").write_text("active = [", encoding="utf-8")
+    assert configured_api_url({"PREFECT_PROFILES_PATH": str(tmp_path / "broken.toml")}) is None
+    assert decide(None, home).as_flow and not decide(None, moved).as_flow
+    assert decide(True, moved).as_flow and not decide(False, home).as_flow
