@@ -97,21 +97,21 @@ def records_frame(found: Extraction) -> pd.DataFrame:
     return table.to_pandas(types_mapper=pd.ArrowDtype)
 
 
-def write_form_files(records: list[Row], variables: Sequence[Row], folder: Path) -> list[Path]:
+def write_form_files(records: list[Row], variables: Sequence[Row], folder: Path) -> dict[str, Path]:
     """One Parquet file per form (form_KEY.parquet), each written whole under a temporary
-    name and then renamed, so a reader never opens half a file."""
+    name and then renamed, so a reader never opens half a file. Returns form key -> file."""
     folder.mkdir(parents=True, exist_ok=True)
     by_form: dict[str, list[Row]] = {}
     for record in records:
         by_form.setdefault(record["formKey"], []).append(record)
-    written = []
+    written = {}
     for form_key, rows in by_form.items():
         table: pa.Table = records_table(rows, variables, [form_key])
         target = folder / f"form_{safe_name(form_key)}.parquet"
         tmp = target.with_suffix(".parquet.tmp")
         pq.write_table(table, tmp)
         tmp.replace(target)
-        written.append(target)
+        written[form_key] = target
     return written
 
 
