@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -26,11 +24,8 @@ from flows.common import (
     documented,
     param,
 )
-from imednet_flows.edc.criteria import restricted
-from imednet_flows.edc.paging import study_scope
-from imednet_flows.filter_syntax import dnf
-from imednet_flows.frames import records_table
-from tasks.api import list_records, list_subjects, list_variables, list_visits
+from imednet_flows.extraction import Criteria, fetch_records, records_frame, write_form_files
+from tasks.api import submitter
 from tasks.client import imednet_client
 
 
@@ -89,42 +84,14 @@ def extract_records_by_criteria(
     """Records matching every criterion given, one row per record, one typed column per
     variable (the union across forms)."""
     logger = get_run_logger()
-    # Parse every filter before the first request: a typo fails in milliseconds.
-    base = dnf(record_filter)
-    dnf(subject_filter)
-    dnf(visit_filter)
-    if record_data_filter:
-        dnf(record_data_filter, "recordDataFilter")
-    scope = study_scope("records", study_key)
+    # Every filter is parsed before the first request: a typo fails in milliseconds.
+    criteria = Criteria.parsed(record_filter, subject_filter, visit_filter, record_data_filter)
     with imednet_client(max_concurrency) as client:
-        variables = list_variables.submit(client, study_key)
-        subjects = (
-            list_subjects.submit(client, study_key, subject_filter) if subject_filter else None
-        )
-        visits = list_visits.submit(client, study_key, visit_filter) if visit_filter else None
-        if visits is not None:
-            keep = None if subjects is None else {s["subjectKey"] for s in subjects.result()}
-            ids = [v["visitId"] for v in visits.result() if keep is None or v["subjectKey"] in keep]
-            chunks = restricted(base, "visitId", ids, scope)
-        elif subjects is not None:
-            keys = [s["subjectKey"] for s in subjects.result()]
-            chunks = restricted(base, "subjectKey", keys, scope)
-        else:
-            chunks = [base]
-        futures = [
-            list_records.submit(
-                client, study_key, record_data_filter=record_data_filter, groups=chunk
-            )
-            for chunk in chunks
-        ]
-        records = [r for f in futures for r in f.result()]
-        records.sort(key=lambda r: r["recordId"])
-        variable_rows = variables.result()
+        found = fetch_records(submitter(client), study_key, criteria)
         requests = client.requests
-    table = records_table(records, variable_rows, {r["formKey"] for r in records})
-    logger.info(
-        "%d records from %d request(s) in %d chunk(s)", table.num_rows, requests, len(chunks)
-    )
+    records, variable_rows, chunks = found.records, found.variables, found.chunks
+    frame = records_frame(found)
+    logger.info("%d records from %d request(s) in %d chunk(s)", len(frame), requests, len(chunks))
     files = _write_forms(records, variable_rows, Path(output_dir), study_key) if output_dir else {}
     filters = {
         "records": record_filter,
@@ -137,30 +104,15 @@ def extract_records_by_criteria(
         table=extract_rows(records, files),
         description=extract_description(study_key, len(records), requests, filters, output_dir),
     )
-    return table.to_pandas(types_mapper=pd.ArrowDtype)
+    return frame
 
 
 def _write_forms(
     records: list[dict], variables: list[dict], folder: Path, study_key: str
 ) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    by_form: dict[str, list[dict]] = {}
-    for record in records:
-        by_form.setdefault(record["formKey"], []).append(record)
-    written = {}
-    for form_key, rows in by_form.items():
-        table: pa.Table = records_table(rows, variables, [form_key])
-        target = folder / f"form_{_safe(form_key)}.parquet"
-        tmp = target.with_suffix(".parquet.tmp")
-        pq.write_table(table, tmp)
-        tmp.replace(target)
-        written[form_key] = target
-    get_run_logger().info("wrote %d Parquet file(s) for %s to %s", len(by_form), study_key, folder)
+    written = write_form_files(records, variables, folder)
+    get_run_logger().info("wrote %d Parquet file(s) for %s to %s", len(written), study_key, folder)
     return written
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def extract_rows(records: list[dict], files: dict[str, Path]) -> list[dict[str, object]]:

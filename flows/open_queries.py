@@ -5,14 +5,12 @@ get_open_queries --> queries.list --> latest comment of each --> closed? skip : 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
 
 from flows.common import (
     FILTER_HELP,
@@ -26,70 +24,12 @@ from flows.common import (
     param,
 )
 from imednet_flows.filter_syntax import dnf
-from tasks.api import list_queries, list_subjects
+from imednet_flows.queries import OpenQueriesResult, OpenQuery, fetch_open_queries
+from tasks.api import submitter
 from tasks.client import imednet_client
 
 #: Open queries waiting longer than this are counted apart in the per-site summary.
 STALE_DAYS = 30
-
-
-class OpenQuery(BaseModel):
-    annotation_id: int
-    subject_key: str
-    #: The subject's site; "" when not known.
-    site: str = ""
-    record_id: int | None
-    variable: str
-    description: str
-    annotation_type: str
-    opened: str
-    last_comment: str
-    last_comment_by: str
-    last_comment_at: str
-    comments: int
-
-
-class OpenQueriesResult(BaseModel):
-    study_key: str
-    open: list[OpenQuery]
-    #: Queries with no comment at all: open or closed cannot be told, so they are listed apart.
-    without_comments: list[OpenQuery]
-    closed: int
-    total: int
-
-
-def latest_comment(query: dict[str, Any]) -> dict[str, Any] | None:
-    comments = query.get("queryComments") or []
-    return max(comments, key=lambda c: c.get("sequence") or 0) if comments else None
-
-
-def classify(
-    queries: list[dict[str, Any]], sites: Mapping[str, str] | None = None
-) -> tuple[list[OpenQuery], list[OpenQuery], int]:
-    """(open, without comments, number closed): the latest comment decides, as in the SDK.
-    `sites` maps subject keys to site names, when known."""
-    open_, undetermined, closed = [], [], 0
-    for query in queries:
-        last = latest_comment(query)
-        if last is not None and last.get("closed"):
-            closed += 1
-            continue
-        item = OpenQuery(
-            annotation_id=query["annotationId"],
-            subject_key=query.get("subjectKey") or "",
-            site=(sites or {}).get(str(query.get("subjectKey")), ""),
-            record_id=query.get("recordId") or None,
-            variable=query.get("variable") or "",
-            description=query.get("description") or "",
-            annotation_type=query.get("annotationType") or "",
-            opened=query.get("dateCreated") or "",
-            last_comment=(last or {}).get("comment") or "",
-            last_comment_by=(last or {}).get("user") or "",
-            last_comment_at=(last or {}).get("date") or "",
-            comments=len(query.get("queryComments") or []),
-        )
-        (open_ if last is not None else undetermined).append(item)
-    return open_, undetermined, closed
 
 
 def age_days(stamp: str, now: datetime) -> int | None:
@@ -207,25 +147,14 @@ def get_open_queries(
     """Open queries (latest comment not closed), with a table artifact for the UI."""
     dnf(filters)
     with imednet_client(max_concurrency) as client:
-        queries = list_queries.submit(client, study_key, filters).result()
-        # Sites, for the per-site summary; after the queries, so a refused key or an unknown
-        # study costs one request, and only when some query is still open.
-        subjects = list_subjects.submit(client, study_key).result() if queries else []
-        sites = {str(s.get("subjectKey")): s.get("siteName") or "" for s in subjects}
-    open_, undetermined, closed = classify(queries, sites)
-    result = OpenQueriesResult(
-        study_key=study_key,
-        open=open_,
-        without_comments=undetermined,
-        closed=closed,
-        total=len(queries),
-    )
+        result = fetch_open_queries(submitter(client), study_key, filters)
+    open_, undetermined, closed = result.open, result.without_comments, result.closed
     now = datetime.now(UTC)
     create_table_artifact(
         key=artifact_key("open-queries", study_key),
         table=open_table(open_, now),
         description=(
-            f"{len(open_)} open of {len(queries)} queries in {study_key}, oldest latest "
+            f"{len(open_)} open of {result.total} queries in {study_key}, oldest latest "
             f"comment first; {closed} closed, {len(undetermined)} without comments (listed "
             f"in the artifact {artifact_key('open-queries', study_key, 'triage')})."
         ),

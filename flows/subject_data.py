@@ -10,36 +10,22 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from imednet.models.queries import Query
-from imednet.models.records import Record
-from imednet.models.subjects import Subject
-from imednet.models.visits import Visit
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
 
 from flows.common import Concurrency, StudyKey, artifact_key, documented, md_cell, md_table, param
-from flows.open_queries import classify
-from imednet_flows.edc.errors import ImednetFlowsError
-from imednet_flows.filter_syntax import quote_value
-from tasks.api import list_queries, list_records, list_subjects, list_visits
+from imednet_flows.queries import classify
+from imednet_flows.subjects import (
+    SubjectData,
+    SubjectNotFound,
+    fetch_subject_rows,
+    subject_data,
+)
+from tasks.api import submitter
 from tasks.client import imednet_client
 
-
-class SubjectData(BaseModel):
-    """One subject with its visits, records and queries, as the SDK's own models."""
-
-    study_key: str
-    subject: Subject
-    visits: list[Visit]
-    records: list[Record]
-    queries: list[Query]
-
-
-class SubjectNotFound(ImednetFlowsError):
-    """An unknown subject is an error, not an empty result: a typo must not look like a
-    subject with no data."""
+__all__ = ["SubjectData", "SubjectNotFound", "get_all_subject_data"]
 
 
 @flow(name="get-all-subject-data", task_runner=ThreadPoolTaskRunner(max_workers=4))
@@ -58,27 +44,9 @@ def get_all_subject_data(
     max_concurrency: Concurrency = 4,
 ) -> SubjectData:
     """Subject, visits, records and queries of one subject, in four concurrent requests."""
-    where = f"subjectKey=={quote_value(subject_key)}"
     with imednet_client(max_concurrency) as client:
-        futures = {
-            "subjects": list_subjects.submit(client, study_key, where),
-            "visits": list_visits.submit(client, study_key, where),
-            "records": list_records.submit(client, study_key, where),
-            "queries": list_queries.submit(client, study_key, where),
-        }
-        rows = {name: future.result() for name, future in futures.items()}
-    if not rows["subjects"]:
-        raise SubjectNotFound(
-            f"subject {subject_key!r} was not found in study {study_key}; subject keys are "
-            "case-sensitive (list them with the subjects endpoint or `imednet-flows subject`)."
-        )
-    data = SubjectData(
-        study_key=study_key,
-        subject=Subject.from_json(rows["subjects"][0]),
-        visits=[Visit.from_json(v) for v in rows["visits"]],
-        records=[Record.from_json(r) for r in rows["records"]],
-        queries=[Query.from_json(q) for q in rows["queries"]],
-    )
+        rows = fetch_subject_rows(submitter(client), study_key, subject_key)
+    data = subject_data(study_key, rows)
     create_markdown_artifact(
         key=artifact_key("subject", study_key, subject_key),
         markdown=subject_markdown(data, rows["queries"]),

@@ -19,6 +19,7 @@ from imednet_flows.cache.schema import connect
 from imednet_flows.cache.snapshots import write_snapshot
 from imednet_flows.cache.sync import EntityResult, StudySync, merge_into
 from imednet_flows.edc.client import ImednetClient
+from imednet_flows.progress import study_pages
 
 
 class ProgressReporter:
@@ -89,7 +90,7 @@ def sync_study(
         study_key,
         full_refresh=full_refresh,
         overlap_seconds=overlap_seconds,
-        progress=progress,
+        progress=study_pages(study_key, progress),
     )
     try:
         sync.run_fetch()
