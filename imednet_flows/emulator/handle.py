@@ -139,7 +139,9 @@ class Emulator:
         self.faults = FaultBoard()
         self.log = RequestLog()
         self.jobs: dict[str, Job] = {}
-        self._pending: set[str] = set()
+        #: batchIds of unfinished jobs in creation order (a dict keeps it): jobs due at the
+        #: same moment are applied in the order they were posted.
+        self._pending: dict[str, None] = {}
 
     def configure(self, **changes: Any) -> None:
         """Change config fields at run time: all of them, or none if any value is wrong.
@@ -217,16 +219,16 @@ class Emulator:
     def submit(
         self, study_key: str, items: list[dict[str, Any]], email_notify: str | None = None
     ) -> Job:
-        job = Job(
-            study_key=study_key,
-            items=items,
-            email_notify=email_notify,
-            outcome=self.faults.next_job_outcome(),  # type: ignore[arg-type]
-            date_created=self.state.clock.now(),
-        )
-        with self.state.lock:
+        with self.state.lock:  # one order for dateCreated, created_at and the queue
+            job = Job(
+                study_key=study_key,
+                items=items,
+                email_notify=email_notify,
+                outcome=self.faults.next_job_outcome(),  # type: ignore[arg-type]
+                date_created=self.state.clock.now(),
+            )
             self.jobs[job.batch_id] = job
-            self._pending.add(job.batch_id)
+            self._pending[job.batch_id] = None
         self.advance_jobs()
         return job
 
@@ -245,4 +247,4 @@ class Emulator:
                     self.config.echo_typed_values,
                 )
                 if job.state in TERMINAL:
-                    self._pending.discard(batch_id)
+                    del self._pending[batch_id]
