@@ -59,6 +59,10 @@ class StudyStore:
     next_ids: dict[str, int] = field(default_factory=dict)
     #: recordId -> (recordRevision, dataRevision) of its latest revision.
     revisions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: dateCreated of the latest revision: no later revision may be dated before it.
+    last_revision_at: str = ""
+    #: (recordId, variable) -> codingId, built when a coded value first changes.
+    coding_index: dict[tuple[int, str], int] | None = None
 
     @classmethod
     def from_data(cls, spec: StudySpec, data: StudyData) -> StudyStore:
@@ -82,6 +86,7 @@ class StudyStore:
             store.next_ids[table] = (max(numeric) + 1) if numeric else base + 1
         for rev in data.record_revisions:
             store.revisions[rev["recordId"]] = (rev["recordRevision"], rev["dataRevision"])
+            store.last_revision_at = max(store.last_revision_at, rev["dateCreated"])
         return store
 
     def new_id(self, table: str) -> int:
