@@ -175,6 +175,14 @@ class EmulatorState:
                 "(its changes are lost)"
             )
 
+    def remove_study(self, key: str) -> None:
+        """Take a study away: it leaves /studies and its routes answer as for an unknown
+        study, as when a key loses access or a study is archived."""
+        with self.lock:
+            self.study(key)  # a clear error for an unknown key
+            del self.studies[key]
+            self._query_cache.clear()
+
     def study(self, key: str) -> StudyStore:
         try:
             return self.studies[key]
