@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test soak lint bench venv clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The sync's state machine at length (tests/test_sync_model.py). It prints its seed;
+# `make soak SEED=<n>` replays that run.
+soak: $(STAMP)
+	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "sync model soak: seed $$seed (replay: make soak SEED=$$seed)"; \
+	IMEDNET_FLOWS_SOAK=1 IMEDNET_FLOWS_SOAK_SEED=$$seed \
+		$(BIN)/python -m pytest tests/test_sync_model.py -q --timeout=3600
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
