@@ -144,6 +144,14 @@ def test_deterministic() -> None:
     assert generate_study(StudySpec(seed=2)).records != generate_study(StudySpec()).records
 
 
+def test_users_do_not_change_the_clinical_rows() -> None:
+    """Tests and benchmarks pick rows by position: the number of users must not move them."""
+    few, many = generate_study(StudySpec(users=5)), generate_study(StudySpec(users=300))
+    for name in ("sites", "forms", "subjects", "visits", "records"):
+        assert getattr(few, name) == getattr(many, name), name
+    assert len(many.users) == 300
+
+
 def test_every_field_present_and_non_null(medium: StudyData) -> None:
     for name, fields in SCHEMA.items():
         rows = _rows(medium, name)

@@ -504,6 +504,8 @@ _WORK_SPAN = 10 * 3600
 _BLANK = 0.05  # share of "" values in recordData
 _EDIT_RATE = 0.2
 _INACTIVE_USER_RATE = 0.14
+#: Users the clinical random stream once drew (see `_generate`).
+_FORMER_USER_DRAWS = 5
 #: Role index (into ROLES) of user i from the sixth on: site staff outnumber sponsor staff.
 _ROLE_PATTERN = (0, 0, 0, 0, 3, 3, 1, 1, 2, 4)
 #: reasonForChange of a seeded edit, picked by record.
@@ -762,6 +764,12 @@ def _generate(spec: StudySpec) -> StudyData:
     }
 
     # ---- users -------------------------------------------------------------------
+    # Users once came from this stream, five by default: take what they took, so every
+    # seed keeps the clinical data it had (tests and benchmarks pick rows by position).
+    for _ in ROLES:
+        rnd(), rng.getrandbits(128)
+    for _ in range(_FORMER_USER_DRAWS):
+        rnd(), rnd(), rng.getrandbits(128)
     users = _generate_users(spec)
     by_role: dict[str, list[dict]] = {}
     for user in users:
