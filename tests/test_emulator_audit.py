@@ -37,16 +37,24 @@ def coding_of(server: EmulatorServer, record_id: int) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+def new_revisions(
+    server: EmulatorServer, record_id: int, before: list[dict[str, Any]], count: int
+) -> list[dict[str, Any]]:
+    """The `count` revisions changes added, checked against the record's counters."""
+    after = revisions_of(server, record_id)
+    assert after[: len(before)] == before  # append-only
+    added = after[len(before) :]
+    assert len(added) == count
+    last = before[-1]["recordRevision"] if before else 0
+    assert [r["recordRevision"] for r in added] == list(range(last + 1, last + count + 1))
+    return added
+
+
 def new_revision(
     server: EmulatorServer, record_id: int, before: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The one revision a change added, checked against the record's counters."""
-    after = revisions_of(server, record_id)
-    assert after[: len(before)] == before  # append-only
-    (added,) = after[len(before) :]
-    last = before[-1] if before else {"recordRevision": 0, "dataRevision": 0}
-    assert added["recordRevision"] == last["recordRevision"] + 1
-    return added
+    """The one revision a change added."""
+    return new_revisions(server, record_id, before, 1)[0]
 
 
 def assert_audit_trail_in_order(server: EmulatorServer) -> None:
@@ -60,7 +68,7 @@ def assert_audit_trail_in_order(server: EmulatorServer) -> None:
 # --------------------------------------------------------------------------- POST jobs
 
 
-def test_each_post_mode_adds_one_revision_by_the_api_user(
+def test_each_save_of_a_post_adds_one_revision_by_the_api_user(
     fresh_emulator: EmulatorServer, fresh_sdk: ImednetSDK
 ) -> None:
     emu = fresh_emulator.emulator
@@ -70,28 +78,36 @@ def test_each_post_mode_adds_one_revision_by_the_api_user(
     before = revisions_of(fresh_emulator, record["recordId"])
     known = {r["recordId"] for r in emu.rows(K, "records")}
     items = [
-        # update by recordId, then a scheduled upsert of the same record: one revision
-        {"formKey": "VS", "recordId": record["recordId"], "data": {"vspulse": 61}},
+        # update by recordId, then a scheduled upsert of the same record: one save each
+        {"formKey": "VS", "recordId": record["recordId"], "data": {"vspulse": 171}},
         {
             "formKey": "VS",
             "subjectKey": record["subjectKey"],
             "intervalName": interval["intervalName"],
-            "data": {"vsresp": 17},
+            "data": {"vsresp": 41},
         },
         {"formKey": "VS", "subjectKey": record["subjectKey"], "data": {"vspulse": 70}},  # new
         {"formKey": "REG", "siteName": site["siteName"], "subjectKey": "88-001", "data": {}},
     ]
     assert post_and_wait(fresh_sdk, K, items) == "completed"
 
-    updated = new_revision(fresh_emulator, record["recordId"], before)
-    assert updated["dataRevision"] == before[-1]["dataRevision"] + 1
+    updated, upserted = new_revisions(fresh_emulator, record["recordId"], before, 2)
+    data_revision = before[-1]["dataRevision"]
+    assert (updated["dataRevision"], upserted["dataRevision"]) == (
+        data_revision + 1,
+        data_revision + 2,
+    )
     created = [r for r in emu.rows(K, "records") if r["recordId"] not in known]
     assert len(created) == 2
     for new in created:
         (revision,) = revisions_of(fresh_emulator, new["recordId"])
         assert (revision["recordRevision"], revision["dataRevision"]) == (1, 1)
         assert revision["dateCreated"] == new["dateModified"]
-    for revision in [updated, *(revisions_of(fresh_emulator, r["recordId"])[0] for r in created)]:
+    for revision in [
+        updated,
+        upserted,
+        *(revisions_of(fresh_emulator, r["recordId"])[0] for r in created),
+    ]:
         assert (revision["user"], revision["role"], revision["reasonForChange"]) == (
             "api-user",
             "API",

@@ -210,9 +210,6 @@ def apply_items(
     visits = {(v["subjectId"], v["intervalId"]): v for v in store.tables["visits"].values()}
     touched: list[int] = []
     changed = {"records"}
-    # recordId -> (record, data changed, coded value before the batch): one revision per
-    # record and batch, however many items of the batch name it (CONTRACT §5).
-    changes: dict[int, tuple[dict[str, Any], bool, str | None]] = {}
     for target in targets:
         record = target.record
         created = False
@@ -243,16 +240,13 @@ def apply_items(
         data_changed = created or any(
             record["recordData"].get(k) != v for k, v in target.data.items()
         )
-        seen = changes.get(record["recordId"])
-        if seen is None:
-            changes[record["recordId"]] = (record, data_changed, coded_value(record))
-        elif data_changed:
-            changes[record["recordId"]] = (record, True, seen[2])
+        coded_before = coded_value(record)
         record["recordData"].update(target.data)
         record["dateModified"] = now
-        touched.append(record["recordId"])
-    for record, data_changed, coded_before in changes.values():
+        # Each item is one save of the record, so one revision, also when two items of
+        # a batch name the same record.
         record_changed(store, record, now, data_changed, API_AUTHOR, coded_before)
+        touched.append(record["recordId"])
     store.changed(*changed)
     return touched
 
