@@ -228,7 +228,7 @@ def test_edit_variables(fresh_emulator: EmulatorServer) -> None:
     [
         ("add_variables", {"form_key": "NOPE"}, "no form"),
         ("add_variables", {"form_key": "VS", "variable_type": "BLOB"}, "variable_type must be"),
-        ("add_variables", {"form_key": "VS", "names": ["vspulse"]}, "already has variable"),
+        ("add_variables", {"form_key": "VS", "names": ["vspulse"]}, "already taken in the var"),
         ("add_variables", {}, "exactly one of form_key or form_id"),
         ("edit_forms", {"disabled": "yes"}, "disabled must be true or false"),
         ("add_sites", {"names": ["Chicago"]}, "already taken"),

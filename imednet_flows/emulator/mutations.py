@@ -379,12 +379,7 @@ def add_users(
     users = store.tables["users"]
     taken = {u["login"] for u in users.values()}
     if logins is not None:
-        if not isinstance(logins, list) or not all(isinstance(x, str) and x for x in logins):
-            raise ValueError("logins must be a list of non-empty strings")
-        clash = sorted(set(logins) & taken) or sorted(x for x in logins if logins.count(x) > 1)
-        if clash:
-            raise ValueError(f"login(s) {clash[:10]} already taken in study {store.key}")
-        n = len(logins)
+        n = _count_new(logins, taken, "logins", f"study {store.key}")
     held = next((u["roles"][0] for u in users.values() if u["roles"][0]["name"] == role), None)
     if held is None:  # the study has nobody with that role yet: the role is new too
         name, description, level, rtype = roles[role]
@@ -453,12 +448,7 @@ def add_sites(
     sites = store.tables["sites"]
     taken = {s["siteName"] for s in sites.values()}
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(x, str) and x for x in names):
-            raise ValueError("names must be a list of non-empty strings")
-        clash = sorted(set(names) & taken)
-        if clash:
-            raise ValueError(f"site name(s) {clash[:10]} already taken in study {store.key}")
-        n = len(names)
+        n = _count_new(names, taken, "names", f"the sites of study {store.key}")
     created = []
     k = len(sites)
     for j in range(n):
@@ -498,8 +488,8 @@ def edit_sites(
     _strings(name=name, status=status)
     chosen = _pick(store, "sites", ids, n, seed, live_only=False)
     _one_for(name, "name", chosen)
-    for site_id in chosen:
-        site = store.tables["sites"][site_id]
+
+    def change(site: dict[str, Any]) -> None:
         if name is None and status is None:
             closed = site["siteEnrollmentStatus"] == "Enrollment Closed"
             site["siteEnrollmentStatus"] = "Enrollment Open" if closed else "Enrollment Closed"
@@ -507,10 +497,9 @@ def edit_sites(
             site["siteEnrollmentStatus"] = status
         if name is not None:
             site["siteName"] = name
-            _rename(store, ("subjects", "codings"), "siteId", site_id, "siteName", name)
-        site["dateModified"] = now
-    store.changed("sites")
-    return {"ids": chosen, "at": now}
+            _rename(store, ("subjects", "codings"), "siteId", site["siteId"], "siteName", name)
+
+    return _amend(store, "sites", chosen, now, change)
 
 
 @mutation
@@ -528,8 +517,8 @@ def edit_intervals(
     _strings(name=name, description=description)
     chosen = _pick(store, "intervals", ids, n, seed, live_only=False)
     _one_for(name, "name", chosen)
-    for interval_id in chosen:
-        interval = store.tables["intervals"][interval_id]
+
+    def change(interval: dict[str, Any]) -> None:
         if name is None and description is None:
             interval["negativeSlack"] += 1
             interval["positiveSlack"] += 1
@@ -537,10 +526,9 @@ def edit_intervals(
             interval["intervalDescription"] = description
         if name is not None:
             interval["intervalName"] = name
-            _rename(store, ("visits",), "intervalId", interval_id, "intervalName", name)
-        interval["dateModified"] = now
-    store.changed("intervals")
-    return {"ids": chosen, "at": now}
+            _rename(store, ("visits",), "intervalId", interval["intervalId"], "intervalName", name)
+
+    return _amend(store, "intervals", chosen, now, change)
 
 
 @mutation
@@ -559,22 +547,21 @@ def edit_forms(
         raise ValueError(f"disabled must be true or false, got {disabled!r}")
     chosen = _pick(store, "forms", ids, n, seed, live_only=False)
     _one_for(name, "name", chosen)
-    for form_id in chosen:
-        form = store.tables["forms"][form_id]
+
+    def change(form: dict[str, Any]) -> None:
         form["revision"] += 1
         if disabled is not None:
             form["disabled"] = disabled
         if name is not None:
             form["formName"] = name
-            _rename(store, ("variables", "codings"), "formId", form_id, "formName", name)
+            _rename(store, ("variables", "codings"), "formId", form["formId"], "formName", name)
             for interval in store.tables["intervals"].values():
                 for scheduled in interval["forms"]:
-                    if scheduled["formId"] == form_id:
+                    if scheduled["formId"] == form["formId"]:
                         scheduled["formName"] = name
                         store.changed("intervals")
-        form["dateModified"] = now
-    store.changed("forms")
-    return {"ids": chosen, "at": now}
+
+    return _amend(store, "forms", chosen, now, change)
 
 
 @mutation
@@ -599,12 +586,7 @@ def add_variables(
     own = [v for v in store.tables["variables"].values() if v["formId"] == form["formId"]]
     taken = {v["variableName"] for v in own}
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(x, str) and x for x in names):
-            raise ValueError("names must be a list of non-empty strings")
-        clash = sorted(set(names) & taken)
-        if clash:
-            raise ValueError(f"form {form['formKey']} already has variable(s) {clash}")
-        n = len(names)
+        n = _count_new(names, taken, "names", f"the variables of form {form['formKey']}")
     sequence = max((v["sequence"] for v in own), default=0)
     created = []
     for j in range(n):
@@ -660,8 +642,8 @@ def edit_variables(
         if value is not None and not isinstance(value, bool):
             raise ValueError(f"{flag} must be true or false, got {value!r}")
     chosen = _pick(store, "variables", ids, n, seed)
-    for variable_id in chosen:
-        variable = store.tables["variables"][variable_id]
+
+    def change(variable: dict[str, Any]) -> None:
         variable["revision"] += 1
         if label is not None:
             variable["label"] = label
@@ -671,9 +653,8 @@ def edit_variables(
             variable["disabled"] = disabled
         if blinded is not None:
             variable["blinded"] = blinded
-        variable["dateModified"] = now
-    store.changed("variables")
-    return {"ids": chosen, "at": now}
+
+    return _amend(store, "variables", chosen, now, change)
 
 
 def _form(store: StudyStore, form_key: Any, form_id: Any) -> dict[str, Any]:
@@ -701,6 +682,33 @@ def _rename(
             if row.get(id_field) == row_id:
                 row[name_field] = name
         store.changed(table)
+
+
+def _amend(
+    store: StudyStore,
+    table: str,
+    chosen: list[Any],
+    now: str,
+    change: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Apply `change` to each chosen row of a reference table, which then counts as
+    modified now: what a client reading by `dateModified>=` must see."""
+    for row_id in chosen:
+        row = store.tables[table][row_id]
+        change(row)
+        row["dateModified"] = now
+    store.changed(table)
+    return {"ids": chosen, "at": now}
+
+
+def _count_new(values: Any, taken: set[str], what: str, where: str) -> int:
+    """How many rows a list of new names asks for, once they are checked to be new."""
+    if not isinstance(values, list) or not all(isinstance(x, str) and x for x in values):
+        raise ValueError(f"{what} must be a list of non-empty strings")
+    clash = sorted(set(values) & taken) or sorted({x for x in values if values.count(x) > 1})
+    if clash:
+        raise ValueError(f"{what} {clash[:10]} already taken in {where}")
+    return len(values)
 
 
 def _one_for(value: Any, what: str, chosen: list[Any]) -> None:
