@@ -63,11 +63,10 @@ def test_rows_are_deep_copies(emulator: EmulatorServer) -> None:
     assert emulator.emulator.rows(K, "records")[0]["recordData"]
 
 
-def test_rows_refuse_a_route_that_is_not_a_study_route(emulator: EmulatorServer) -> None:
-    with pytest.raises(ValueError, match=r"no study route 'studies'.*studies\(\)"):
-        emulator.emulator.rows(K, "studies")
-    with pytest.raises(ValueError, match="recordRevisions"):
+def test_rows_name_the_routes_when_given_another(emulator: EmulatorServer) -> None:
+    with pytest.raises(ValueError, match=r"no route 'revisions'.*recordRevisions.*or studies"):
         emulator.emulator.rows(K, "revisions")
+    assert emulator.emulator.rows(None, "studies") == emulator.emulator.studies()
 
 
 def test_studies_truth_is_the_listing(emulator: EmulatorServer, sdk: ImednetSDK) -> None:

@@ -200,16 +200,18 @@ class Emulator:
     def study(self, study_key: str) -> StudyStore:
         return self.state.study(study_key)
 
-    def rows(self, study_key: str, route: str) -> list[dict[str, Any]]:
+    def rows(self, study_key: str | None, route: str) -> list[dict[str, Any]]:
         """The truth a test compares a client's copy with: every row the API lists on
         `route` (one of the 11 study routes) with its most inclusive parameters (no filter,
         users with `includeInactive=true`, soft-deleted rows included), in the route's
         default order, deep-copied, after due jobs are applied. Quirks and
-        `forbidden_routes` do not apply: this is the data, not an answer of the API."""
+        `forbidden_routes` do not apply: this is the data, not an answer of the API.
+        `route="studies"` is `studies()`, whatever `study_key` is."""
+        if route == "studies":
+            return self.studies()
         if route not in STUDY_ROUTES:
             raise ValueError(
-                f"no study route {route!r}; choose from {', '.join(STUDY_ROUTES)} "
-                "(studies() lists the studies)"
+                f"no route {route!r}; choose from {', '.join(STUDY_ROUTES)}, or studies"
             )
         self.advance_jobs()
         with self.state.lock:
