@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test soak lint bench venv clean
+.PHONY: demo test soak lint bench venv clean test-tools
 
 venv: $(STAMP)
 
@@ -21,7 +21,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/imednet-flows demo
 
-test: $(STAMP)
+# What a person sees is tested with Debian's tools: chromium for the Prefect UI (Playwright
+# cannot download a browser here; tests/test_ui_browser.py) and tmux for progress bars on a
+# terminal (tests/test_cli_progress.py). Installed when missing, without prompts (CI has no
+# stdin).
+CHROMIUM ?= /usr/bin/chromium
+test-tools:
+	@missing=""; test -x $(CHROMIUM) || missing="chromium"; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	[ -z "$$missing" ] || { \
+	  echo "installing$$missing for the tests of what a person sees (apt-get)"; \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing </dev/null; }
+
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
 
 # The sync's state machine at length (tests/test_sync_model.py). It prints its seed;

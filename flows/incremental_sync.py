@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field
 
-from flows.common import Concurrency, artifact_key, documented
+from flows.common import Concurrency, artifact_key, documented, param
 from imednet_flows.cache.db import connect
 from imednet_flows.cache.lock import exclusive_writer, lock_path
 from imednet_flows.cache.results import StudyResult
@@ -76,69 +76,74 @@ class SyncFailed(RuntimeError):
 async def incremental_sync(
     study_keys: Annotated[
         list[Annotated[str, Field(min_length=1, pattern=r"\S")]],
-        Field(
+        param(
+            "Study keys",
+            "Study keys to sync, e.g. PHX-101 (one per item; case-sensitive). The studies "
+            "are synced concurrently. One item `*` syncs every study the API key can see, "
+            "listed again on each run.",
             min_length=1,
-            description=(
-                'Study keys to sync, e.g. ["PHX-101"]; each is synced concurrently. ["*"] syncs '
-                "every study the API key can see, listed again on each run."
-            ),
-            examples=[["PHX-101"]],
         ),
     ],
     cache_path: Annotated[
         str,
-        Field(
-            description=(
-                "SQLite cache file (created if missing). Readers never block; writers take "
-                "<cache_path>.lock."
-            )
+        param(
+            "Cache file",
+            "SQLite cache file, created if missing; relative paths are taken from the folder "
+            "the flow runs in. Readers never block; a sync takes the lock file next to it "
+            "(`{cache file}.lock`, e.g. imednet.sqlite.lock).",
         ),
     ] = "imednet-cache/imednet.sqlite",
     snapshot_dir: Annotated[
         str,
-        Field(
-            description=(
-                "Where Parquet snapshots go: {snapshot_dir}/{study}/latest/ holds the newest set."
-            )
+        param(
+            "Snapshot folder",
+            "Where Parquet snapshots go: `{snapshot folder}/{study}/latest/` holds the newest "
+            "complete set, e.g. imednet-cache/snapshots/PHX-101/latest/.",
         ),
     ] = "imednet-cache/snapshots",
     full_refresh: Annotated[
         bool,
-        Field(
-            description=(
-                "Re-download everything and drop what the API no longer lists. Needed to accept a "
-                "study that shrank by more than half."
-            )
+        param(
+            "Full refresh",
+            "Re-download everything and drop what the API no longer lists. Needed to accept a "
+            "study that shrank by more than half.",
         ),
     ] = False,
     lock_timeout: Annotated[
-        float, Field(ge=0, description=("Seconds to wait for another sync holding the cache lock."))
+        float,
+        param(
+            "Lock wait (seconds)",
+            "Seconds to wait for another sync holding the cache lock.",
+            ge=0,
+        ),
     ] = 600.0,
     on_lock_timeout: Annotated[
         Literal["skip", "fail"],
-        Field(description=("After lock_timeout: skip this run (logged) or fail it.")),
+        param(
+            "When the lock wait ends",
+            "skip: end this run without changes (logged); fail: fail the run.",
+        ),
     ] = "skip",
     overlap_seconds: Annotated[
         float,
-        Field(
+        param(
+            "Overlap (seconds)",
+            "Re-read changes this many seconds before the watermark, for server-side commit "
+            "delays.",
             ge=0,
             le=86400,
-            description=(
-                "Re-read changes this many seconds before the watermark, for server-side commit "
-                "delays."
-            ),
         ),
     ] = 30.0,
     snapshot_retention: Annotated[
-        int, Field(ge=1, le=100, description=("Complete snapshot sets kept per study."))
+        int,
+        param("Snapshots kept", "Complete snapshot sets kept per study.", ge=1, le=100),
     ] = 5,
     prune_missing_studies: Annotated[
         bool,
-        Field(
-            description=(
-                'With study_keys ["*"]: delete from the cache the studies the API no longer '
-                "lists. Off: they are kept and reported."
-            )
+        param(
+            "Prune studies no longer listed",
+            'With study keys ["*"]: delete from the cache the studies the API no longer lists. '
+            "Off: they are kept and reported in the artifact and logs.",
         ),
     ] = False,
     max_concurrency: Concurrency = 4,

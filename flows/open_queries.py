@@ -6,77 +6,128 @@ get_open_queries --> queries.list --> latest comment of each --> closed? skip : 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
 
-from flows.common import FILTER_HELP, Concurrency, StudyKey, artifact_key, documented
+from flows.common import (
+    FILTER_HELP,
+    Concurrency,
+    OptionalText,
+    StudyKey,
+    artifact_key,
+    documented,
+    md_cell,
+    md_table,
+    param,
+)
 from imednet_flows.filter_syntax import dnf
-from tasks.api import list_queries
+from imednet_flows.queries import OpenQueriesResult, OpenQuery, fetch_open_queries
+from tasks.api import submitter
 from tasks.client import imednet_client
 
-
-class OpenQuery(BaseModel):
-    annotation_id: int
-    subject_key: str
-    record_id: int | None
-    variable: str
-    description: str
-    annotation_type: str
-    opened: str
-    last_comment: str
-    last_comment_by: str
-    last_comment_at: str
-    comments: int
+#: Open queries waiting longer than this are counted apart in the per-site summary.
+STALE_DAYS = 30
 
 
-class OpenQueriesResult(BaseModel):
-    study_key: str
-    open: list[OpenQuery]
-    #: Queries with no comment at all: open or closed cannot be told, so they are listed apart.
-    without_comments: list[OpenQuery]
-    closed: int
-    total: int
-
-
-def latest_comment(query: dict[str, Any]) -> dict[str, Any] | None:
-    comments = query.get("queryComments") or []
-    return max(comments, key=lambda c: c.get("sequence") or 0) if comments else None
-
-
-def classify(queries: list[dict[str, Any]]) -> tuple[list[OpenQuery], list[OpenQuery], int]:
-    """(open, without comments, number closed): the latest comment decides, as in the SDK."""
-    open_, undetermined, closed = [], [], 0
-    for query in queries:
-        last = latest_comment(query)
-        if last is not None and last.get("closed"):
-            closed += 1
-            continue
-        item = OpenQuery(
-            annotation_id=query["annotationId"],
-            subject_key=query.get("subjectKey") or "",
-            record_id=query.get("recordId") or None,
-            variable=query.get("variable") or "",
-            description=query.get("description") or "",
-            annotation_type=query.get("annotationType") or "",
-            opened=query.get("dateCreated") or "",
-            last_comment=(last or {}).get("comment") or "",
-            last_comment_by=(last or {}).get("user") or "",
-            last_comment_at=(last or {}).get("date") or "",
-            comments=len(query.get("queryComments") or []),
-        )
-        (open_ if last is not None else undetermined).append(item)
-    return open_, undetermined, closed
-
-
-def _age_days(stamp: str, now: datetime) -> int | str:
+def age_days(stamp: str, now: datetime) -> int | None:
+    """Whole days from an API timestamp (UTC when it names no zone) to `now`."""
     try:
-        return (now - datetime.fromisoformat(stamp).replace(tzinfo=UTC)).days
+        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     except ValueError:
-        return ""
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (now - moment).days
+
+
+def waiting_days(query: OpenQuery, now: datetime) -> int | None:
+    """How long a query has waited: since its latest comment, or since it was opened when it
+    has none. This is what a data manager triages by."""
+    return age_days(query.last_comment_at or query.opened, now)
+
+
+def _oldest_first(queries: list[OpenQuery], now: datetime) -> list[OpenQuery]:
+    return sorted(queries, key=lambda q: -(waiting_days(q, now) or 0))
+
+
+def open_table(open_: list[OpenQuery], now: datetime) -> list[dict[str, object]]:
+    return [
+        {
+            "site": q.site,
+            "subject": q.subject_key,
+            "days since last comment": _blank_if_none(waiting_days(q, now)),
+            "query": q.annotation_id,
+            "record": q.record_id or "",
+            "variable": q.variable,
+            "description": q.description,
+            "last comment": q.last_comment,
+            "by": q.last_comment_by,
+        }
+        for q in _oldest_first(open_, now)
+    ]
+
+
+def triage_markdown(
+    study_key: str, open_: list[OpenQuery], undetermined: list[OpenQuery], now: datetime
+) -> str:
+    """Per site: how many queries wait and for how long; then the queries without comments,
+    which the API cannot say are open or closed, so someone has to look at them."""
+    per_site: dict[str, tuple[list[int], int]] = {}  # site -> (ages of open ones, no comment)
+    for q in open_:
+        ages = per_site.setdefault(q.site, ([], 0))[0]
+        age = waiting_days(q, now)
+        ages.append(-1 if age is None else age)
+    for q in undetermined:
+        ages, none = per_site.get(q.site, ([], 0))
+        per_site[q.site] = (ages, none + 1)
+    summary = [
+        [
+            site or "(unknown)",
+            len(ages),
+            none,
+            max(ages) if ages and max(ages) >= 0 else "",
+            sum(1 for a in ages if a > STALE_DAYS),
+        ]
+        for site, (ages, none) in sorted(per_site.items())
+    ]
+    lines = [
+        f"# Open queries of {md_cell(study_key)} by site",
+        "",
+        md_table(
+            ["site", "open", "without comments", "oldest open (days)", f"open > {STALE_DAYS} days"],
+            summary,
+            empty="no open queries",
+        ),
+        "",
+        f"## Queries without comments ({len(undetermined)})",
+        "",
+        "The API cannot say whether these are open or closed.",
+        "",
+        md_table(
+            ["site", "subject", "query", "record", "variable", "description", "opened", "days"],
+            [
+                [
+                    q.site,
+                    q.subject_key,
+                    q.annotation_id,
+                    q.record_id or "",
+                    q.variable,
+                    q.description,
+                    q.opened[:10],
+                    _blank_if_none(waiting_days(q, now)),
+                ]
+                for q in _oldest_first(undetermined, now)
+            ],
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _blank_if_none(value: int | None) -> int | str:
+    return "" if value is None else value
 
 
 @flow(name="get-open-queries", task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -84,50 +135,34 @@ def _age_days(stamp: str, now: datetime) -> int | str:
 def get_open_queries(
     study_key: StudyKey,
     filters: Annotated[
-        str | None,
-        Field(
-            description=(
-                f"Optional filter on queries. {FILTER_HELP} Example: `subjectKey==01-001` or "
-                '`annotationType==question;dateCreated>="2025-01-01"`.'
-            )
+        OptionalText,
+        param(
+            "Query filter",
+            f"Filter on queries. {FILTER_HELP} Example: `subjectKey==01-001` or "
+            '`annotationType==question;dateCreated>="2025-01-01"`.',
         ),
-    ] = None,
+    ] = "",
     max_concurrency: Concurrency = 4,
 ) -> OpenQueriesResult:
     """Open queries (latest comment not closed), with a table artifact for the UI."""
     dnf(filters)
     with imednet_client(max_concurrency) as client:
-        queries = list_queries.submit(client, study_key, filters).result()
-    open_, undetermined, closed = classify(queries)
-    result = OpenQueriesResult(
-        study_key=study_key,
-        open=open_,
-        without_comments=undetermined,
-        closed=closed,
-        total=len(queries),
-    )
+        result = fetch_open_queries(submitter(client), study_key, filters)
+    open_, undetermined, closed = result.open, result.without_comments, result.closed
     now = datetime.now(UTC)
-    table = [
-        {
-            "subject": q.subject_key,
-            "query": q.annotation_id,
-            "record": q.record_id or "",
-            "variable": q.variable,
-            "description": q.description,
-            "last comment": q.last_comment,
-            "by": q.last_comment_by,
-            "age (days)": _age_days(q.opened, now),
-        }
-        for q in open_
-    ]
     create_table_artifact(
         key=artifact_key("open-queries", study_key),
-        table=table,
+        table=open_table(open_, now),
         description=(
-            f"{len(open_)} open of {len(queries)} queries in {study_key}; "
-            f"{closed} closed, {len(undetermined)} without comments "
-            "(open/closed unknown)."
+            f"{len(open_)} open of {result.total} queries in {study_key}, oldest latest "
+            f"comment first; {closed} closed, {len(undetermined)} without comments (listed "
+            f"in the artifact {artifact_key('open-queries', study_key, 'triage')})."
         ),
+    )
+    create_markdown_artifact(
+        key=artifact_key("open-queries", study_key, "triage"),
+        markdown=triage_markdown(study_key, open_, undetermined, now),
+        description=f"Open queries of {study_key} per site, and queries without comments",
     )
     get_run_logger().info(
         "%s: %d open, %d closed, %d without comments",

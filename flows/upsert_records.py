@@ -17,9 +17,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import SkipJsonSchema
 
-from flows.common import Concurrency, StudyKey, artifact_key, documented
+from flows.common import Concurrency, OptionalText, StudyKey, artifact_key, documented, param
 from imednet_flows.edc.batches import SUCCESS_STATE, JobTimeout, PostOutcome, job_state
 from imednet_flows.edc.client import ImednetClient
 from imednet_flows.edc.criteria import restricted
@@ -35,66 +37,122 @@ CONFIRMED = "CONFIRMED"
 TIMEOUT = "TIMEOUT"
 
 ROWS_HELP = (
-    "Rows to write, each one item of POST /records in the API's spelling: formKey or formId; "
-    "data as {variableName: value} with typed values (INTEGER/NUMBER as numbers or numeric "
-    "text, DATE as YYYY-MM-DD, CHECKBOX as true/false, RADIO/TEXT/MEMO as text; null or '' "
-    "clears). Where it goes: recordId/recordOid updates that record; subjectKey (or "
-    "subjectId/subjectOid) plus intervalName/intervalId updates the scheduled record; a "
-    "subject without interval adds a new record; siteName/siteId without a known subject "
-    "registers one (with the given subjectKey, if any). Problems are reported by 1-based "
-    "row number, all at once, and then nothing is sent. Give records or rows_file, not "
-    "both; above a few hundred rows use rows_file (Prefect limits parameters to 512 KB)."
+    "Rows to write, each one item of POST /records in the API's spelling; add one per "
+    "record (Add item). Which form: formKey or formId. Where it goes: recordId or recordOid "
+    "updates that record; subjectKey (or subjectId, subjectOid) with intervalName or "
+    "intervalId updates the scheduled record; a subject without interval adds a new "
+    "record; siteName or siteId without a known subject registers one (with the given "
+    "subjectKey, if any). Problems are reported by row number (from 1), all at once, and "
+    "then nothing is sent. Give rows here or a rows file, not both; above a few hundred rows "
+    "use the rows file (Prefect limits parameters to 512 KB)."
 )
 
+
+def _row_schema(schema: dict[str, Any]) -> None:
+    """The run form fills a field's default into every new row, and null is no valid value
+    for a string or an integer: fields are left out instead, as the API expects. The form
+    shows the description under each row, so it is written for the person filling it."""
+    for prop in schema.get("properties", {}).values():
+        prop.pop("default", None)
+    schema["description"] = "One record to write: fill the fields you need, leave the rest empty."
+
+
+def _row_field(title: str, description: str) -> Any:
+    return Field(None, title=title, description=description)
+
+
+class RecordRow(BaseModel):
+    """The shape of one row as the run form shows it ("Add item" then shows these fields).
+
+    Only the schema: the flow takes rows as plain dicts (from Python, JSON or a rows
+    file) and checks them itself with `validate_batch`, which reports every problem by row
+    number without echoing values. Optional fields are not nullable in the schema, so the
+    form shows a text box rather than a "str / None" toggle."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        json_schema_extra=_row_schema,
+        title="Row",
+    )
+
+    form_key: str | SkipJsonSchema[None] = _row_field(
+        "Form key", "The form the row writes to, e.g. AE (or give the form id)."
+    )
+    form_id: int | SkipJsonSchema[None] = _row_field("Form id", "Instead of the form key.")
+    record_id: int | SkipJsonSchema[None] = _row_field(
+        "Record id", "Updates this existing record, e.g. 1001."
+    )
+    record_oid: str | SkipJsonSchema[None] = _row_field(
+        "Record OID", "Updates the record with this client-assigned OID."
+    )
+    subject_key: str | SkipJsonSchema[None] = _row_field(
+        "Subject key",
+        "The subject, e.g. 01-001: with an interval, updates that visit's record; without "
+        "one, adds a new record; with a site, registers the subject if it is new.",
+    )
+    subject_id: int | SkipJsonSchema[None] = _row_field("Subject id", "Instead of the key.")
+    subject_oid: str | SkipJsonSchema[None] = _row_field("Subject OID", "Instead of the key.")
+    interval_name: str | SkipJsonSchema[None] = _row_field(
+        "Interval name", 'The scheduled visit, e.g. "Week 2" (or give the interval id).'
+    )
+    interval_id: int | SkipJsonSchema[None] = _row_field("Interval id", "Instead of the name.")
+    site_name: str | SkipJsonSchema[None] = _row_field(
+        "Site name", "Registers a new subject at this site (or give the site id)."
+    )
+    site_id: int | SkipJsonSchema[None] = _row_field("Site id", "Instead of the name.")
+    data: dict[str, Any] = Field(
+        title="Data",
+        description='Values by variable name, as JSON, e.g. {"aeterm": "Headache", '
+        '"aeser": "Serious", "aedur": 3}. INTEGER and NUMBER as numbers or numeric text, '
+        "DATE as YYYY-MM-DD, CHECKBOX as true or false, RADIO, TEXT and MEMO as text; null or "
+        '"" clears a value.',
+    )
+
+
 Records = Annotated[
-    list[Any] | None,
-    Field(
-        description=ROWS_HELP,
-        examples=[
-            [
-                {"formKey": "AE", "recordId": 1001, "data": {"aeterm": "Headache"}},
-                {
-                    "formKey": "VS",
-                    "subjectKey": "01-001",
-                    "intervalName": "Week 2",
-                    "data": {"vssysbp": 120, "vstemp": 36.6},
-                },
-            ]
-        ],
-    ),
+    list[RecordRow],
+    param("Rows", ROWS_HELP),
 ]
 RowsFile = Annotated[
-    str | None,
-    Field(
-        description="Path of a file holding the rows, read by the flow run itself (so any "
-        "number of rows works): a JSON array of rows, or JSON Lines (one row object per "
-        "line), rows as described under records. Row numbers count the file's rows from 1. "
-        "The path must be readable where the flow runs; a relative one is taken from that "
-        "process's working directory. Give records or rows_file, not both.",
-        examples=["/data/imednet/ae-updates.jsonl"],
+    OptionalText,
+    param(
+        "Rows file (path)",
+        "Path of a file holding the rows, read by the flow run itself (so any number of rows "
+        "works): a JSON array of rows, or JSON Lines (one row object per line), each row as "
+        "described under Rows, e.g. /data/imednet/ae-updates.jsonl. Row numbers count the "
+        "file's rows from 1. The path must be readable where the flow runs; a relative one "
+        "is taken from that process's working directory. Give rows or a rows file, not both.",
     ),
 ]
 Wait = Annotated[
     bool,
-    Field(description="Wait for each job to finish; a FAILED or CANCELLED job fails the run."),
+    param(
+        "Wait for the jobs",
+        "Wait for each job to finish; a FAILED or CANCELLED job fails the run.",
+    ),
 ]
 Timeout = Annotated[
     float,
-    Field(
+    param(
+        "Job timeout (seconds)",
+        "Seconds to wait for each job (and, after a lost POST answer, to decide whether the "
+        "API applied it) before the run fails.",
         gt=0,
-        description="Seconds to wait for each job (and, after a lost POST answer, to decide "
-        "whether the API applied it) before the run fails.",
     ),
 ]
-PollInterval = Annotated[float, Field(gt=0, description="Seconds between job status checks.")]
+PollInterval = Annotated[
+    float, param("Poll interval (seconds)", "Seconds between job status checks.", gt=0)
+]
 BatchSize = Annotated[
-    int, Field(ge=1, description="Rows per POST; each POST is one job in iMednet.")
+    int, param("Rows per batch", "Rows per POST; each POST is one job in iMednet.", ge=1)
 ]
 EmailNotify = Annotated[
-    str | None,
-    Field(
-        description="Email address iMednet notifies when a job finishes (the "
-        "x-email-notify header). Empty: no email."
+    OptionalText,
+    param(
+        "Notify email",
+        "Email address iMednet notifies when a job finishes (the x-email-notify header), "
+        "e.g. dm@example.org. Empty: no email.",
     ),
 ]
 
@@ -105,22 +163,22 @@ class UpsertParameters(BaseModel):
     `records` is clinical data. These messages name the parameter and the rule only."""
 
     study_key: StudyKey
-    records: Records = None
-    rows_file: RowsFile = None
+    #: Plain rows, not RecordRow: `validate_batch` checks them, by row number.
+    records: Annotated[list[Any], BeforeValidator(lambda v: [] if v is None else v)] = []
+    rows_file: RowsFile = ""
     wait: Wait = True
     timeout: Timeout = 300
     poll_interval: PollInterval = 5
     batch_size: BatchSize = 500
-    email_notify: EmailNotify = None
+    email_notify: EmailNotify = ""
     max_concurrency: Concurrency = 4
 
     @model_validator(mode="after")
     def _one_source_of_rows(self) -> UpsertParameters:
-        if self.rows_file is not None and not self.rows_file.strip():
-            self.rows_file = None  # the UI's empty text field
-        if self.records is not None and self.rows_file is not None:
+        # An empty list and an empty path are what the run form sends when left alone.
+        if self.records and self.rows_file:
             raise ValueError("give records or rows_file, not both")
-        if self.records is None and self.rows_file is None:
+        if not self.records and not self.rows_file:
             raise ValueError(
                 "no rows given: set records (a list of rows) or rows_file (the path of a "
                 "JSON or JSON Lines file of rows)"
@@ -143,10 +201,7 @@ class UpsertParameters(BaseModel):
 
     def rows(self) -> list[Any]:
         """The rows to write: given, or read from rows_file (row N = N-th row of the file)."""
-        if self.records is not None:
-            return self.records
-        assert self.rows_file is not None
-        return read_rows(self.rows_file)
+        return self.records or read_rows(self.rows_file)
 
 
 class BatchResult(BaseModel):
@@ -183,13 +238,13 @@ class UpsertResult(BaseModel):
 @documented
 def create_or_update_records(
     study_key: StudyKey,
-    records: Records = None,
-    rows_file: RowsFile = None,
+    records: Records = [],  # noqa: B006 - never mutated; the run form's empty list of rows
+    rows_file: RowsFile = "",
     wait: Wait = True,
     timeout: Timeout = 300,
     poll_interval: PollInterval = 5,
     batch_size: BatchSize = 500,
-    email_notify: EmailNotify = None,
+    email_notify: EmailNotify = "",
     max_concurrency: Concurrency = 4,
 ) -> UpsertResult:
     """Write rows to a study: all checked first, then POSTed in batches, each row once."""
@@ -206,7 +261,7 @@ def create_or_update_records(
         max_concurrency=max_concurrency,
     )
     rows = params.rows()
-    if params.rows_file is not None:
+    if params.rows_file:
         logger.info("%d row(s) read from %s", len(rows), params.rows_file)
     if not rows:
         logger.info("no rows given: nothing sent to %s", params.study_key)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from imednet_flows import cli_progress
 from imednet_flows.emulator import (
     DEMO_API_KEY,
     DEMO_SECURITY_KEY,
@@ -21,15 +24,26 @@ from imednet_flows.emulator import (
     EmulatorServer,
     StudySpec,
 )
+from imednet_flows.progress import upsert_key
+
+if TYPE_CHECKING:
+    from imednet_flows.recording import Recording
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="imednet-flows",
-    help="Prefect pipelines for the iMednet EDC API, and a local emulator of that API.",
+    help="Prefect pipelines for the iMednet EDC API, and a local emulator of that API.\n\n"
+    "Recorded in Prefect or not: extract, subject and queries are flow runs recorded in "
+    "Prefect when a Prefect API is configured (PREFECT_API_URL), and otherwise run the same "
+    "code directly, unrecorded and without Prefect's start-up; sync and upsert are always "
+    "recorded flow runs; studies and subjects are lookups, never recorded. These commands "
+    "say which on stderr.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-_options = {"debug": False}
+_options: dict[str, bool | None] = {"debug": False, "record": None}
 
 
 @app.callback()
@@ -37,9 +51,21 @@ def _main_options(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks when something fails.")
     ] = False,
+    record: Annotated[
+        bool | None,
+        typer.Option(
+            "--record/--no-record",
+            help="Record extract, subject and queries as Prefect flow runs, or run their "
+            "code directly without Prefect. Default: recorded exactly when a Prefect API is "
+            "configured (PREFECT_API_URL in the environment or the active Prefect profile). "
+            "--record without one starts a temporary local Prefect server (seconds).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Prefect pipelines for the iMednet EDC API, and a local emulator of that API."""
+    """Options for every command, kept for the command that runs next."""
     _options["debug"] = debug
+    _options["record"] = record
 
 
 @app.command()
@@ -184,6 +210,50 @@ def _flow_console() -> None:
             handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
 
 
+def _say(message: str) -> None:
+    """Notes about the run (recorded or not) go to stderr: stdout keeps results. Written to
+    whatever `sys.stderr` is now: while progress bars show, that is their proxy, which
+    prints the note above them (click would write past it, into the bars)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _recording(lookup: bool = False, always: str | None = None) -> Recording:
+    """Decide and say whether this run is recorded in Prefect. `always` names a command
+    that only runs as a flow; a lookup never does."""
+    from imednet_flows.recording import Recording, decide
+
+    choice = _options["record"]
+    if lookup:
+        _say("not recorded in Prefect: a lookup, not a flow run")
+        return Recording(as_flow=False, api_url=None)
+    if always is not None:
+        if choice is False:
+            raise typer.BadParameter(
+                f"{always} always runs as a recorded Prefect flow; drop --no-record",
+                param_hint="--no-record",
+            )
+        choice = True
+    mode = decide(choice)
+    _say(mode.announcement())
+    return mode
+
+
+def _run_flow(flow_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a flow in this process, say which flow run recorded it, and return its result
+    (raising its exception if it failed)."""
+    _flow_console()  # a no-op when the command has set it up already
+    from prefect.utilities.asyncutils import run_coro_as_sync
+    from prefect.utilities.urls import url_for
+
+    state = flow_fn(*args, return_state=True, **kwargs)  # type: ignore[call-arg]
+    if inspect.isawaitable(state):  # an async flow (the sync is one)
+        state = run_coro_as_sync(state)
+    run_id = state.state_details.flow_run_id
+    url = url_for("flow-run", obj_id=run_id) if run_id else None
+    _say(f"flow run {run_id} {state.name.lower()}" + (f": {url}" if url else ""))
+    return state.result()  # type: ignore[no-any-return]
+
+
 def _study_keys(keys: list[str]) -> list[str]:
     """Study keys as given, refusing blanks before any request (an empty key would ask the
     API for /studies//forms)."""
@@ -235,27 +305,35 @@ def sync(
     ] = False,
     overlap: Annotated[float, typer.Option(min=0, help="Watermark overlap, seconds.")] = 30.0,
 ) -> None:
-    """Run the incremental sync once (exit 75 if another sync held the lock)."""
+    """Run the incremental sync once (exit 75 if another sync held the lock).
+
+    Always a recorded Prefect flow run (with no Prefect API configured, a temporary local
+    server starts first). Pages fetched show as progress bars on a terminal, as plain lines
+    otherwise.
+    """
     if all_studies == bool(study):
         raise typer.BadParameter(
             "give --study KEY (repeatable) or --all-studies, not both", param_hint="--study"
         )
     keys = ["*"] if all_studies else _study_keys(study or [])
     _cache_file(cache)
-    from flows.incremental_sync import run_incremental_sync
+    _recording(always="sync")
+    from flows.incremental_sync import incremental_sync
 
-    _flow_console()
+    _flow_console()  # before the bars, which print Prefect's log lines above themselves
     try:
-        result = run_incremental_sync(
-            keys,
-            cache_path=cache,
-            snapshot_dir=snapshots,
-            full_refresh=full_refresh,
-            lock_timeout=lock_timeout,
-            on_lock_timeout="fail" if fail_if_locked else "skip",
-            overlap_seconds=overlap,
-            prune_missing_studies=prune_missing_studies,
-        )
+        with cli_progress.shown():
+            result = _run_flow(
+                incremental_sync,
+                keys,
+                cache_path=cache,
+                snapshot_dir=snapshots,
+                full_refresh=full_refresh,
+                lock_timeout=lock_timeout,
+                on_lock_timeout="fail" if fail_if_locked else "skip",
+                overlap_seconds=overlap,
+                prune_missing_studies=prune_missing_studies,
+            )
     except Exception as exc:
         raise _fail(exc) from None
     if result.skipped:
@@ -338,40 +416,136 @@ def extract(
     record_data_filter: Annotated[str | None, typer.Option(help="Filter on recordData.")] = None,
     output_dir: Annotated[str | None, typer.Option(help="Write one Parquet file per form.")] = None,
 ) -> None:
-    """Records matching filters in the API's grammar, e.g. --record-filter 'formKey==AE'."""
-    _study_keys([study])
-    from flows.extract_records import extract_records_by_criteria
+    """Records matching filters in the API's grammar, e.g. --record-filter 'formKey==AE'.
 
-    _flow_console()
+    Recorded in Prefect as an extract-records-by-criteria flow run when a Prefect API is
+    configured; otherwise the flow's code runs directly, unrecorded (--record/--no-record
+    before the command choose). Pages fetched show as progress bars on a terminal, as plain
+    lines otherwise.
+    """
+    _study_keys([study])
+    from imednet_flows.extraction import Criteria
 
     try:
-        frame = extract_records_by_criteria(
-            study,
-            record_filter=record_filter,
-            subject_filter=subject_filter,
-            visit_filter=visit_filter,
-            record_data_filter=record_data_filter,
-            output_dir=output_dir,
-        )
+        criteria = Criteria.parsed(record_filter, subject_filter, visit_filter, record_data_filter)
+        mode = _recording()
+        if mode.as_flow:
+            _flow_console()  # before the bars, which print Prefect's log lines above themselves
+        with cli_progress.shown():
+            if mode.as_flow:
+                from flows.extract_records import extract_records_by_criteria
+
+                frame = _run_flow(
+                    extract_records_by_criteria,
+                    study,
+                    record_filter=record_filter,
+                    subject_filter=subject_filter,
+                    visit_filter=visit_filter,
+                    record_data_filter=record_data_filter,
+                    output_dir=output_dir,
+                )
+            else:
+                from imednet_flows import direct
+                from imednet_flows.extraction import fetch_records, records_frame, write_form_files
+
+                with direct.session(_say) as (_client, submit):
+                    found = fetch_records(submit, study, criteria)
+                frame = records_frame(found)
+                if output_dir:
+                    write_form_files(found.records, found.variables, Path(output_dir))
     except Exception as exc:
         raise _fail(exc) from None
     typer.echo(frame.to_string(max_rows=20, max_cols=12))
     typer.echo(f"{len(frame)} records")
+    if output_dir:
+        typer.echo(f"{frame['formKey'].nunique()} Parquet file(s), one per form, in {output_dir}")
+
+
+@app.command()
+def studies() -> None:
+    """The studies these API keys can see: key, id and name.
+
+    A lookup: never recorded in Prefect.
+    """
+    from imednet_flows import direct
+    from imednet_flows.edc.paging import list_studies
+
+    _recording(lookup=True)
+    try:
+        with direct.session(_say) as (client, _submit):
+            rows = list_studies(client)
+    except Exception as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{'study':<16} {'id':>8}  name")
+    for row in rows:
+        typer.echo(
+            f"{row.get('studyKey') or '':<16} {row.get('studyId') or '':>8}  "
+            f"{row.get('studyName') or ''}"
+        )
+    typer.echo(f"{len(rows)} study(ies)")
+
+
+@app.command()
+def subjects(
+    study: StudyOpt,
+    filters: Annotated[
+        str | None,
+        typer.Option("--filter", help="Filter on subjects, e.g. 'siteName==Chicago'."),
+    ] = None,
+) -> None:
+    """A study's subject keys with site and status, to find the key `subject` needs.
+
+    A lookup: never recorded in Prefect. Soft-deleted subjects are listed and marked.
+    """
+    _study_keys([study])
+    from imednet_flows import direct
+    from imednet_flows.filter_syntax import dnf
+
+    try:
+        dnf(filters)
+        _recording(lookup=True)
+        with direct.session(_say) as (_client, submit):
+            rows = submit("subjects", study, filter_text=filters).result()
+    except Exception as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{'subject':<16} {'site':<24} status")
+    for row in rows:
+        deleted = " (deleted)" if row.get("deleted") else ""
+        typer.echo(
+            f"{row.get('subjectKey') or '':<16} {row.get('siteName') or '':<24} "
+            f"{row.get('subjectStatus') or ''}{deleted}"
+        )
+    typer.echo(f"{len(rows)} subject(s) in {study}")
 
 
 @app.command()
 def subject(
     study: StudyOpt,
-    key: Annotated[str, typer.Option("--subject", help="Subject key, e.g. 01-001.")],
+    key: Annotated[
+        str,
+        typer.Option(
+            "--subject", help="Subject key, e.g. 01-001 (`imednet-flows subjects` lists them)."
+        ),
+    ],
 ) -> None:
-    """Everything about one subject, as JSON."""
+    """Everything about one subject, as JSON.
+
+    Recorded in Prefect as a get-all-subject-data flow run when a Prefect API is configured;
+    otherwise the flow's code runs directly, unrecorded (--record/--no-record before the
+    command choose).
+    """
     _study_keys([study])
-    from flows.subject_data import get_all_subject_data
-
-    _flow_console()
-
     try:
-        data = get_all_subject_data(study, key)
+        if _recording().as_flow:
+            from flows.subject_data import get_all_subject_data
+
+            data = _run_flow(get_all_subject_data, study, key)
+        else:
+            from imednet_flows import direct
+            from imednet_flows.subjects import fetch_subject_data
+
+            with direct.session(_say) as (_client, submit):
+                data = fetch_subject_data(submit, study, key)
     except Exception as exc:
         raise _fail(exc) from None
     _echo_json(data.model_dump(mode="json"))
@@ -382,14 +556,27 @@ def queries(
     study: StudyOpt,
     filters: Annotated[str | None, typer.Option("--filter", help="Filter on queries.")] = None,
 ) -> None:
-    """Open queries (latest comment not closed)."""
-    _study_keys([study])
-    from flows.open_queries import get_open_queries
+    """Open queries (latest comment not closed).
 
-    _flow_console()
+    Recorded in Prefect as a get-open-queries flow run when a Prefect API is configured;
+    otherwise the flow's code runs directly, unrecorded (--record/--no-record before the
+    command choose).
+    """
+    _study_keys([study])
+    from imednet_flows.filter_syntax import dnf
 
     try:
-        result = get_open_queries(study, filters)
+        dnf(filters)
+        if _recording().as_flow:
+            from flows.open_queries import get_open_queries
+
+            result = _run_flow(get_open_queries, study, filters)
+        else:
+            from imednet_flows import direct
+            from imednet_flows.queries import fetch_open_queries
+
+            with direct.session(_say) as (_client, submit):
+                result = fetch_open_queries(submit, study, filters)
     except Exception as exc:
         raise _fail(exc) from None
     for q in result.open:
@@ -420,16 +607,31 @@ def upsert(
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait per job.")] = 300,
     batch_size: Annotated[int, typer.Option(min=1, max=500, help="Rows per POST.")] = 500,
 ) -> None:
-    """Validate rows, post them in batches and wait for the jobs."""
-    from flows.upsert_records import create_or_update_records
+    """Validate rows, post them in batches and wait for the jobs.
+
+    Always a recorded Prefect flow run (with no Prefect API configured, a temporary local
+    server starts first). Rows sent and jobs finished show as progress bars on a terminal,
+    as plain lines otherwise.
+    """
     from imednet_flows.edc.rows_file import read_rows
 
     path = rows_file.resolve()  # the flow run may not share this working directory
+    _recording(always="upsert")
     try:
-        read_rows(path)  # a file that holds no rows is refused before any flow run starts
-        result = create_or_update_records(
-            study, rows_file=str(path), wait=wait, timeout=timeout, batch_size=batch_size
-        )
+        rows = read_rows(path)  # a file that holds no rows is refused before any flow run starts
+        from flows.upsert_records import create_or_update_records
+
+        _flow_console()  # before the bars, which print Prefect's log lines above themselves
+        with cli_progress.shown() as shown:
+            shown.expect(upsert_key(study, "rows"), f"{study} rows sent", "rows", len(rows))
+            result = _run_flow(
+                create_or_update_records,
+                study,
+                rows_file=str(path),
+                wait=wait,
+                timeout=timeout,
+                batch_size=batch_size,
+            )
     except Exception as exc:
         raise _fail(exc) from None
     for batch in result.batches:

@@ -12,10 +12,12 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
 
 from imednet_flows.edc.client import ImednetClient, study_path
-from imednet_flows.edc.paging import iter_items, list_studies
+from imednet_flows.edc.paging import list_studies
 from imednet_flows.filter_syntax import Dnf
+from imednet_flows.listing import Submit, list_rows
 
 Row = dict[str, Any]
 
@@ -41,28 +43,6 @@ class Rows(Sequence[Row]):
         return f"Rows({len(self._items)} rows)"
 
 
-def _list(
-    client: ImednetClient,
-    study_key: str,
-    route: str,
-    filter_text: str | None = None,
-    record_data_filter: str | None = None,
-    groups: Dnf | None = None,
-) -> Rows:
-    return Rows(
-        list(
-            iter_items(
-                client,
-                study_key,
-                route,
-                filter_text=filter_text,
-                record_data_filter=record_data_filter,
-                groups=groups,
-            )
-        )
-    )
-
-
 @_api_task(name="list-studies")
 def list_studies_task(client: ImednetClient) -> Rows:
     return Rows(list_studies(client))
@@ -70,36 +50,36 @@ def list_studies_task(client: ImednetClient) -> Rows:
 
 @_api_task(name="list-sites", task_run_name="list-sites[{study_key}]")
 def list_sites(client: ImednetClient, study_key: str) -> Rows:
-    return _list(client, study_key, "sites")
+    return Rows(list_rows(client, study_key, "sites"))
 
 
 @_api_task(name="list-forms", task_run_name="list-forms[{study_key}]")
 def list_forms(client: ImednetClient, study_key: str) -> Rows:
-    return _list(client, study_key, "forms")
+    return Rows(list_rows(client, study_key, "forms"))
 
 
 @_api_task(name="list-intervals", task_run_name="list-intervals[{study_key}]")
 def list_intervals(client: ImednetClient, study_key: str) -> Rows:
-    return _list(client, study_key, "intervals")
+    return Rows(list_rows(client, study_key, "intervals"))
 
 
 @_api_task(name="list-variables", task_run_name="list-variables[{study_key}]")
 def list_variables(client: ImednetClient, study_key: str) -> Rows:
-    return _list(client, study_key, "variables")
+    return Rows(list_rows(client, study_key, "variables"))
 
 
 @_api_task(name="list-subjects", task_run_name="list-subjects[{study_key}]")
 def list_subjects(
     client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
 ) -> Rows:
-    return _list(client, study_key, "subjects", filter_text, groups=groups)
+    return Rows(list_rows(client, study_key, "subjects", filter_text, groups=groups))
 
 
 @_api_task(name="list-visits", task_run_name="list-visits[{study_key}]")
 def list_visits(
     client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
 ) -> Rows:
-    return _list(client, study_key, "visits", filter_text, groups=groups)
+    return Rows(list_rows(client, study_key, "visits", filter_text, groups=groups))
 
 
 @_api_task(name="list-records", task_run_name="list-records[{study_key}]")
@@ -110,14 +90,36 @@ def list_records(
     record_data_filter: str | None = None,
     groups: Dnf | None = None,
 ) -> Rows:
-    return _list(client, study_key, "records", filter_text, record_data_filter, groups)
+    return Rows(list_rows(client, study_key, "records", filter_text, record_data_filter, groups))
 
 
 @_api_task(name="list-queries", task_run_name="list-queries[{study_key}]")
 def list_queries(
     client: ImednetClient, study_key: str, filter_text: str | None = None, groups: Dnf | None = None
 ) -> Rows:
-    return _list(client, study_key, "queries", filter_text, groups=groups)
+    return Rows(list_rows(client, study_key, "queries", filter_text, groups=groups))
+
+
+#: The listing task of each route, for `submitter`.
+LISTINGS = {
+    "sites": list_sites,
+    "forms": list_forms,
+    "intervals": list_intervals,
+    "variables": list_variables,
+    "subjects": list_subjects,
+    "visits": list_visits,
+    "records": list_records,
+    "queries": list_queries,
+}
+
+
+def submitter(client: ImednetClient) -> Submit:
+    """The shared read workflows' way to start a listing, as a task run of this flow run."""
+
+    def submit(route: str, study_key: str, **options: Any) -> PrefectFuture[Rows]:
+        return LISTINGS[route].submit(client, study_key, **options)
+
+    return submit
 
 
 @_api_task(name="get-job", task_run_name="get-job[{study_key}:{batch_id}]")

@@ -7,6 +7,7 @@ process-wide lock, inside the FileLock the flow holds for the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,30 +23,59 @@ from imednet_flows.cache.snapshots import SnapshotResult, write_snapshot
 from imednet_flows.cache.studies import Discovery, list_studies, prune, record_listing
 from imednet_flows.cache.sync import StudySync
 from imednet_flows.edc.client import ImednetClient
+from imednet_flows.progress import study_pages
 from imednet_flows.timestamps import format_timestamp
 
 
-def _progress_reporter(study_key: str):
-    """Page progress as a Prefect progress artifact, updated at most twice a second."""
-    try:
-        artifact_id = create_progress_artifact(
-            progress=0.0, description=f"Sync of {study_key}: pages fetched"
-        )
-    except Exception:  # progress is a nicety; a failure here must not fail the sync
-        return None
-    last = [0.0]
+class ProgressReporter:
+    """Page progress of one study's sync as a Prefect progress artifact, updated at most
+    twice a second, and ended with what was done (or where it failed): the artifact is what
+    a person sees of a run in progress, and what stays when it is over."""
 
-    def report(entity: str, page: int, total_pages: int) -> None:
-        now = time.monotonic()
-        if total_pages and (now - last[0] > 0.5 or page == total_pages):
-            last[0] = now
-            update_progress_artifact(
-                artifact_id,
-                progress=100.0 * page / total_pages,
-                description=f"Sync of {study_key}: {entity} page {page}/{total_pages}",
+    def __init__(self, study_key: str, min_interval: float = 0.5) -> None:
+        self.study_key = study_key
+        self.min_interval = min_interval
+        self.pages = 0
+        self.where = "starting"
+        self._last = 0.0
+        try:
+            self.artifact_id = create_progress_artifact(
+                progress=0.0, description=f"Sync of {study_key}: pages fetched"
             )
+        except Exception:  # progress is a nicety; a failure here must not fail the sync
+            self.artifact_id = None
 
-    return report
+    def __call__(self, entity: str, page: int, total_pages: int) -> None:
+        self.pages += 1
+        self.where = f"{entity} page {page}/{total_pages}"
+        now = time.monotonic()
+        if total_pages and (now - self._last > self.min_interval or page == total_pages):
+            self._last = now
+            self._update(100.0 * page / total_pages, f"Sync of {self.study_key}: {self.where}")
+
+    def done(self, result: StudyResult) -> None:
+        collections = result.collections.values()
+        changed = sum(c.inserted + c.updated + c.soft_deleted + c.hard_deleted for c in collections)
+        skipped = len(result.skipped_collections)
+        self._update(
+            100.0,
+            f"Sync of {self.study_key} done: {len(result.collections) - skipped} collections"
+            f"{f' ({skipped} skipped)' if skipped else ''}, {self.pages} pages, "
+            f"{result.requests} requests, {changed} rows changed",
+        )
+
+    def failed(self, exc: BaseException) -> None:
+        self._update(
+            100.0,
+            f"Sync of {self.study_key} failed at {self.where} ({type(exc).__name__}); "
+            "nothing of this study was merged",
+        )
+
+    def _update(self, progress: float, description: str) -> None:
+        if self.artifact_id is None:
+            return
+        with contextlib.suppress(Exception):  # never fail a sync over its progress display
+            update_progress_artifact(self.artifact_id, progress=progress, description=description)
 
 
 @task(name="sync-study", task_run_name="sync-study[{study_key}]", cache_policy=NO_CACHE)
@@ -58,19 +88,24 @@ def sync_study(
 ) -> StudyResult:
     """Download what changed in one study and merge it in one transaction."""
     logger = get_run_logger()
+    progress = ProgressReporter(study_key)
     sync = StudySync(
         client,
         Path(cache_path),
         study_key,
         full_refresh=full_refresh,
         overlap_seconds=overlap_seconds,
-        progress=_progress_reporter(study_key),
+        progress=study_pages(study_key, progress),
     )
     try:
         sync.run_fetch()
         result = merge_into(Path(cache_path), sync)
+    except BaseException as exc:
+        progress.failed(exc)
+        raise
     finally:
         sync.close()
+    progress.done(result)
     for name, c in result.collections.items():
         if c.skipped:
             logger.warning("%s %s skipped: %s", study_key, name, c.skipped)

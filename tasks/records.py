@@ -12,6 +12,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from imednet_flows import progress
 from imednet_flows.edc import batches
 from imednet_flows.edc.batches import PostOutcome
 from imednet_flows.edc.client import ImednetClient
@@ -59,6 +60,14 @@ def create_records(
         )
     if outcome.batch_id:
         logger.info("batch %d (%s): job %s accepted", batch_number, rows, outcome.batch_id)
+    progress.publish(
+        progress.Step(
+            progress.upsert_key(study_key, "rows"),
+            f"{study_key} rows sent",
+            "rows",
+            advance=outcome.rows,
+        )
+    )
     return outcome
 
 
@@ -69,4 +78,9 @@ def wait_for_job(
     """The job once COMPLETED, FAILED or CANCELLED; raises JobTimeout when time runs out."""
     job = batches.wait_for_job(client, study_key, batch_id, timeout, poll_interval)
     get_run_logger().info("job %s: %s", batch_id, batches.job_state(job))
+    progress.publish(
+        progress.Step(
+            progress.upsert_key(study_key, "jobs"), f"{study_key} jobs finished", "jobs", advance=1
+        )
+    )
     return job

@@ -89,6 +89,17 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture
+def prefect_api_url(prefect_api: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The session's Prefect API, configured the way a user configures one (PREFECT_API_URL
+    in the environment), for code that looks before it imports Prefect."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = str(PREFECT_API_URL.value())
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    return url
+
+
+@pytest.fixture
 def imednet_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[EmulatorServer], None]:
     """Point the flows' client factory at an emulator, the way an operator would: env vars."""
 

@@ -15,6 +15,8 @@ COMMANDS = [
     "emulator",
     "sync",
     "extract",
+    "studies",
+    "subjects",
     "subject",
     "queries",
     "upsert",
@@ -32,6 +34,24 @@ def test_every_command_has_help(command: str) -> None:
     result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output and len(result.output) > 200
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("extract", "Recorded in Prefect as an extract-records-by-criteria flow run when a"),
+        ("subject", "Recorded in Prefect as a get-all-subject-data flow run when a"),
+        ("queries", "Recorded in Prefect as a get-open-queries flow run when a"),
+        ("sync", "Always a recorded Prefect flow run"),
+        ("upsert", "Always a recorded Prefect flow run"),
+        ("studies", "never recorded in Prefect"),
+        ("subjects", "never recorded in Prefect"),
+    ],
+)
+def test_help_says_whether_a_run_is_recorded_in_prefect(command: str, says: str) -> None:
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert says in " ".join(result.output.split())
 
 
 def test_cache_status_without_a_cache_says_what_to_do(tmp_path: Path) -> None:

@@ -87,14 +87,23 @@ def test_truncated_json(fresh_emulator: EmulatorServer, fresh_sdk: ImednetSDK) -
 
 def test_latency_lets_requests_overlap(fresh_emulator: EmulatorServer) -> None:
     emu = fresh_emulator.emulator
-    emu.add_fault("latency", seconds=0.3, count=None)
-    threads = [
-        threading.Thread(target=lambda: make_sdk(fresh_emulator).sites.list(K)) for _ in range(3)
-    ]
+    emu.add_fault("latency", seconds=0.5, count=None)
+    # Clients are built first and released together: building one in its thread took long
+    # enough on a busy machine for a request to finish before the last one started.
+    clients = [make_sdk(fresh_emulator) for _ in range(3)]
+    start = threading.Barrier(len(clients), timeout=10)
+
+    def list_sites(client: ImednetSDK) -> None:
+        start.wait()
+        client.sites.list(K)
+
+    threads = [threading.Thread(target=list_sites, args=(c,)) for c in clients]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=30)
+    for client in clients:
+        client.close()
     entries = emu.requests()
     assert len(entries) == 3
     assert max(e.started for e in entries) < min(e.finished for e in entries)

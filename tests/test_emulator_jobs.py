@@ -268,3 +268,35 @@ def test_jobs_list_extension(fresh_emulator: EmulatorServer, fresh_sdk: ImednetS
         K, [{"formKey": record["formKey"], "recordId": record["recordId"], "data": {}}]
     )
     assert [j.batch_id for j in fresh_sdk.jobs.list(K)] == [job.batch_id]
+
+
+def test_jobs_due_at_once_apply_in_post_order(
+    fresh_emulator: EmulatorServer, fresh_sdk: ImednetSDK
+) -> None:
+    """Jobs that become due together are applied in the order they were posted: the later
+    value of one record wins, and the revisions of eight records follow the POSTs."""
+    emu = fresh_emulator.emulator
+    emu.configure(job_delay=600)  # nothing applies until the delay is lifted
+    live = [r for r in emu.rows(K, "records") if not r["deleted"]]
+    record = next(r for r in live if r["formKey"] == "REG")
+    var = "reginit"  # TEXT: stored as posted
+    others = [r for r in live if r["recordId"] != record["recordId"]][:8]
+    jobs = [
+        fresh_sdk.records.create(
+            K, [{"formKey": record["formKey"], "recordId": record["recordId"], "data": {var: v}}]
+        )
+        for v in ("first", "second")
+    ]
+    for other in others:
+        item = {"formKey": other["formKey"], "recordId": other["recordId"], "data": {}}
+        jobs.append(fresh_sdk.records.create(K, [item]))
+    assert all(emu.jobs[j.batch_id].state == "created" for j in jobs)
+    emu.configure(job_delay=0)
+    for job in jobs:
+        final = fresh_sdk.poll_job(K, job.batch_id, interval=0, timeout=10)
+        assert final.state.lower() == "completed"
+    after = next(r for r in emu.rows(K, "records") if r["recordId"] == record["recordId"])
+    assert after["recordData"][var] == "second"
+    revisions = emu.rows(K, "recordRevisions")
+    order = [r["recordId"] for r in revisions if r["recordId"] in {o["recordId"] for o in others}]
+    assert order[-len(others) :] == [o["recordId"] for o in others]

@@ -6,6 +6,7 @@ deterministic output, id order, referential integrity and SDK 0.5.0 parseability
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from datetime import datetime
@@ -27,8 +28,13 @@ from imednet.models import (
 )
 
 from imednet_flows.emulator.seed import (
+    CODED_FORMS,
+    DELETE_REASON,
+    EDIT_REASONS,
     ID_FIELDS,
     ID_STRIDE,
+    MIGRATION,
+    ROLES,
     VARIABLE_TYPES,
     StudyData,
     StudySpec,
@@ -136,6 +142,14 @@ def _rows(data: StudyData, name: str) -> list[dict]:
 def test_deterministic() -> None:
     assert generate_study(MEDIUM) == generate_study(MEDIUM)
     assert generate_study(StudySpec(seed=2)).records != generate_study(StudySpec()).records
+
+
+def test_users_do_not_change_the_clinical_rows() -> None:
+    """Tests and benchmarks pick rows by position: the number of users must not move them."""
+    few, many = generate_study(StudySpec(users=5)), generate_study(StudySpec(users=300))
+    for name in ("sites", "forms", "subjects", "visits", "records"):
+        assert getattr(few, name) == getattr(many, name), name
+    assert len(many.users) == 300
 
 
 def test_every_field_present_and_non_null(medium: StudyData) -> None:
@@ -248,25 +262,62 @@ def test_cross_references(medium: StudyData) -> None:
     assert all(r["intervalId"] == first["intervalId"] for r in reg)
 
 
-def test_revisions_snapshot_records(medium: StudyData) -> None:
+def test_revisions_are_each_records_history(medium: StudyData) -> None:
+    """Every record has its audit trail: entry, then one revision per later change, the
+    latest one snapshotting the record as it is now."""
     records = {r["recordId"]: r for r in medium.records}
-    assert len(medium.record_revisions) == len(records)
-    assert {rv["recordId"] for rv in medium.record_revisions} == set(records)
-    logins = {u["login"] for u in medium.users}
+    history: dict[int, list[dict]] = {}
     for rv in medium.record_revisions:
-        rec = records[rv["recordId"]]
-        for key in ("recordOid", "recordStatus", "subjectId", "subjectKey", "siteId", "deleted"):
-            assert rv[key] == rec[key]
-        assert rv["recordRevision"] == rv["dataRevision"] == 1
-        assert rv["dateCreated"] == rec["dateModified"]
-        assert rv["user"] in logins and rv["role"] and rv["reasonForChange"] == ""
+        history.setdefault(rv["recordId"], []).append(rv)
+    assert set(history) == set(records)
+    assert len(medium.record_revisions) / len(records) > 1.1  # records get edited
+    assert max(len(h) for h in history.values()) >= 3
+    logins = {u["login"] for u in medium.users}
+    reasons = Counter()
+    for record_id, revisions in history.items():
+        rec = records[record_id]
+        assert [rv["recordRevision"] for rv in revisions] == list(range(1, len(revisions) + 1))
+        first, last = revisions[0], revisions[-1]
+        assert first["dataRevision"] == 1 and first["reasonForChange"] == ""
+        assert first["dateCreated"] == rec["dateCreated"]
+        assert last["dateCreated"] == rec["dateModified"] and last["deleted"] == rec["deleted"]
+        assert not any(rv["deleted"] for rv in revisions[:-1])
+        for before, after in itertools.pairwise(revisions):
+            step = after["dataRevision"] - before["dataRevision"]
+            assert step == (after["reasonForChange"] in EDIT_REASONS)
+            assert before["dateCreated"] < after["dateCreated"]
+        for rv in revisions:
+            for key in ("recordOid", "recordStatus", "subjectId", "subjectKey", "siteId"):
+                assert rv[key] == rec[key]
+            if rv["reasonForChange"] == MIGRATION[2]:
+                assert (rv["user"], rv["role"]) == MIGRATION[:2]
+            else:
+                assert rv["user"] in logins and rv["role"]
+            reasons[rv["reasonForChange"]] += 1
+    assert set(reasons) == {"", DELETE_REASON, MIGRATION[2], *EDIT_REASONS}
     created = [rv["dateCreated"] for rv in medium.record_revisions]
     assert created == sorted(created)  # revision ids follow time
+
+
+def test_default_study_volumes(demo: StudyData) -> None:
+    """What the sync's benchmarks rely on: more revisions than records, codings and users
+    beyond one page of the SDK's size (100)."""
+    assert len(demo.record_revisions) > 1.2 * len(demo.records)
+    assert len(demo.codings) > 100 and len(demo.users) > 100
 
 
 def test_codings_reference_coded_records(medium: StudyData) -> None:
     records = {r["recordId"]: r for r in medium.records}
     assert medium.codings
+    coded = Counter((c["recordId"], c["variable"]) for c in medium.codings)
+    assert set(coded.values()) == {1}  # one coding per coded value, re-codes included
+    assert {c["revision"] for c in medium.codings} == {1, 2}
+    values = [
+        r["recordData"][CODED_FORMS[r["formKey"]][0]]
+        for r in medium.records
+        if r["formKey"] in CODED_FORMS
+    ]
+    assert len(coded) == sum(1 for value in values if value)
     assert {c["dictionaryName"] for c in medium.codings} == {"MedDRA", "WHODrug"}
     for c in medium.codings:
         rec = records[c["recordId"]]
@@ -380,8 +431,13 @@ def test_query_mix(medium: StudyData, big: StudyData) -> None:
 
 
 def test_users(medium: StudyData) -> None:
+    """Users who left the study (about one in seven) are among them; every role is held."""
     assert len(medium.users) == MEDIUM.users
-    assert [u["userActiveInStudy"] for u in medium.users].count(False) == 1
+    left = [u["userActiveInStudy"] for u in medium.users].count(False)
+    assert 0.05 * MEDIUM.users < left < 0.3 * MEDIUM.users
+    assert {u["roles"][0]["name"] for u in medium.users} == {r[0] for r in ROLES}
+    few = generate_study(StudySpec(subjects=2, users=2)).users
+    assert [u["userActiveInStudy"] for u in few].count(False) >= 1
     for u in medium.users:
         assert re.fullmatch(
             r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", u["userId"]

@@ -220,9 +220,12 @@ def test_every_bad_row_is_listed_and_nothing_is_posted(
 
 
 def test_empty_batch_posts_nothing(fresh_emulator: EmulatorServer, imednet_env: Env) -> None:
+    """An empty list is what the run form sends when no row was added: with no rows file
+    either, the run is refused, before any request (an empty rows file still posts
+    nothing and succeeds)."""
     imednet_env(fresh_emulator)
-    result = create_or_update_records(K, [], **FAST)
-    assert result.rows == 0 and result.batches == []
+    with pytest.raises(ImednetFlowsError, match="no rows given: set records"):
+        create_or_update_records(K, [], **FAST)
     assert fresh_emulator.emulator.requests() == []
 
 

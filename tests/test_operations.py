@@ -11,6 +11,7 @@ worker. The trigger itself is exercised in test_deployments.py.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -70,14 +71,7 @@ class Worker:
 
     def stop(self) -> None:
         """SIGTERM to the worker's own process group (it was started as its leader)."""
-        if self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_group(self.process, grace=30)
 
 
 def free_port() -> int:
@@ -105,15 +99,30 @@ def base_env(home: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
-    home = tmp_path_factory.mktemp("prefect-home")
+def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
+    """SIGTERM to a process started as its group's leader, SIGKILL after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, **settings: str) -> Iterator[str]:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME, scheduler
+    and triggers off plus `settings`; yields its API URL once healthy, stops it after."""
     log = home / "server.log"
     port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
     env = base_env(home)
     env.update(
         PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false",
         PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED="false",
+        **{k: v.format(api_url=api_url) for k, v in settings.items()},
     )
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -123,7 +132,6 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: uvicorn children are stopped with it
         )
-    api_url = f"http://127.0.0.1:{port}/api"
     try:
 
         def healthy() -> bool:
@@ -134,18 +142,19 @@ def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer
                 return False
 
         wait_for(healthy, 120, f"prefect server on {api_url}", every=0.3)
+        yield api_url
+    finally:
+        stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    with prefect_server(home) as api_url:
         client_env = base_env(home)
         client_env["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield RealServer(api_url=api_url, home=home, log=log, env=client_env)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            yield RealServer(api_url=api_url, home=home, log=home / "server.log", env=client_env)
 
 
 @pytest.fixture(scope="module")

@@ -231,7 +231,7 @@ def test_rows_file_reaches_the_flow_as_a_path(
     ]
     assert_truth(fresh_emulator, revisions, data)
     parameters = flow_run_parameters(state.state_details.flow_run_id)
-    assert parameters["rows_file"] == str(path) and parameters.get("records") is None
+    assert parameters["rows_file"] == str(path) and not parameters.get("records")
     assert SENTINEL not in json.dumps(parameters)
 
 
@@ -251,11 +251,15 @@ def test_a_bad_rows_file_fails_the_flow_before_any_request(
 @pytest.mark.parametrize(
     ("given", "problem"),
     [
-        ({"records": [], "rows_file": "rows.json"}, "give records or rows_file, not both"),
+        (
+            {"records": [{"formKey": "AE", "data": {}}], "rows_file": "rows.json"},
+            "give records or rows_file, not both",
+        ),
+        ({"records": [], "rows_file": ""}, "no rows given: set records"),
         ({}, "no rows given: set records"),
         ({"rows_file": "  "}, "no rows given: set records"),
     ],
-    ids=["both", "neither", "blank-path"],
+    ids=["both", "neither", "empty-list-and-empty-path", "blank-path"],
 )
 def test_exactly_one_source_of_rows(
     fresh_emulator: EmulatorServer, imednet_env: Env, given: dict[str, Any], problem: str

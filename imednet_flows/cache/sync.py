@@ -110,7 +110,10 @@ class StudySync:
                 if number == 0 or not refused(exc):
                     raise
                 self._forget(spec)
-                result.skipped = f"the API refused it for this key (HTTP 403): {exc}"
+                result.skipped = (
+                    "the API refused this collection for this key (HTTP 403); the other "
+                    "collections were synced and its cached rows kept as they were"
+                )
             crash_point(f"sync.after-fetch-{spec.name}")
         for spec in self.collections:
             if self.main is not None and store.has_rows(self.main, spec, self.study_key):

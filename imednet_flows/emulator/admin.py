@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from imednet_flows.emulator.entities import ENTITIES
 from imednet_flows.emulator.seed import StudySpec
 from imednet_flows.emulator.store import StudyExists
 from imednet_flows.emulator.wire import Request, Response
@@ -85,13 +84,18 @@ def _route(emulator: Emulator, method: str, segs: list[str], body: Any) -> tuple
         case "POST", ["config"]:
             emulator.configure(**body)
             return 200, {"ok": True}
+        case "GET", ["studies"]:
+            return 200, emulator.studies()
         case "POST", ["studies"]:
             spec, replace = study_spec(body)
             emulator.add_study(spec, replace=replace)
             return 200, {"studies": emulator.study_keys}
+        case "DELETE", ["studies", key]:
+            emulator.remove_study(key)
+            return 200, {"studies": emulator.study_keys}
         case "GET", ["studies", key, "counts"]:
             return 200, emulator.counts(key)
-        case "GET", ["studies", key, "rows", route] if route in ENTITIES:
+        case "GET", ["studies", key, "rows", route]:
             return 200, emulator.rows(key, route)
         case "POST", ["studies", key, "mutations", op]:
             return 200, emulator.mutate(key, op, **body)

@@ -267,6 +267,7 @@ class EmulatorApp:
             raise ApiError(404)
         rest = segs[4:]
         if not rest:
+            self._refuse_forbidden("studies", None)
             self._only(request, "GET")
             return self._list(request, "studies", None)
         study_key = rest[0]
@@ -275,6 +276,8 @@ class EmulatorApp:
                 self.emulator.config.unknown_study_status,
                 f'study "{study_key}" does not exist or is not accessible',
             )
+        if len(rest) >= 2:
+            self._refuse_forbidden(rest[1], study_key)
         if len(rest) == 2 and rest[1] in STUDY_ROUTES:
             if rest[1] == "records" and request.method == "POST":
                 return self._post_records(request, study_key, entry)
@@ -293,6 +296,12 @@ class EmulatorApp:
                 raise ApiError(404, f'no job with batchId "{rest[2]}" in study "{study_key}"')
             return Response(200, job.as_json())
         raise ApiError(404)
+
+    def _refuse_forbidden(self, route: str, study_key: str | None) -> None:
+        """403 where `EmulatorConfig.forbidden_routes` says this key has no access."""
+        if route in self.emulator.config.forbidden_routes:
+            where = f' of study "{study_key}"' if study_key is not None else ""
+            raise ApiError(403, f'this key has no access to "{route}"{where}')
 
     @staticmethod
     def _only(request: Request, method: str) -> None:

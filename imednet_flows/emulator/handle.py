@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imednet_flows.emulator.checks import is_int, is_number
-from imednet_flows.emulator.entities import ENTITIES
+from imednet_flows.emulator.entities import ENTITIES, STUDY_ROUTES
 from imednet_flows.emulator.faults import FaultBoard, FaultRule
 from imednet_flows.emulator.jobs import TERMINAL, Job, advance
 from imednet_flows.emulator.mutations import MUTATIONS
@@ -56,6 +56,9 @@ class EmulatorConfig:
     jobs_listing: bool = True
     #: Deliberate breaks of what the sync assumes of the API (see `quirks.Quirks`).
     quirks: Quirks = field(default_factory=Quirks)
+    #: Routes this key may not use: answered with 403 in the API's envelope, in every
+    #: study ("users", "codings", ..., "studies" for the listing, "jobs").
+    forbidden_routes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         fields = dataclasses.fields(self)
@@ -64,6 +67,8 @@ class EmulatorConfig:
             self.quirks = Quirks.from_json(self.quirks)
         except ValueError as error:
             problems.append(str(error))
+        if not problems:
+            self.forbidden_routes = list(self.forbidden_routes)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -87,7 +92,14 @@ def _config_problem(name: str, value: Any) -> str | None:
         )
     if name in ("strict_role_dates", "echo_typed_values", "jobs_listing"):
         return None if isinstance(value, bool) else f"{name} must be true or false, {got}"
+    if name == "forbidden_routes":
+        ok = isinstance(value, list | tuple) and all(r in ROUTE_NAMES for r in value)
+        return None if ok else f"forbidden_routes must be a list of {', '.join(ROUTE_NAMES)}; {got}"
     return None
+
+
+#: What `forbidden_routes` may name: every route of the API by its last fixed segment.
+ROUTE_NAMES = ("studies", *STUDY_ROUTES, "jobs")
 
 
 @dataclass
@@ -129,7 +141,17 @@ class RequestLog:
 
 
 class Emulator:
-    """A set of seeded studies plus everything needed to misbehave on purpose."""
+    """A set of seeded studies plus everything needed to misbehave on purpose.
+
+    The truth a test compares a client's mirror with: `rows(study, route)` for each of the
+    11 study routes (sites, forms, intervals, variables, subjects, visits, records,
+    recordRevisions, queries, codings, users) is every row the API lists there with its
+    most inclusive parameters (no filter; users with includeInactive=true; soft-deleted
+    rows with `deleted: true`), in the route's default order, deep-copied, after due jobs
+    are applied; `studies()` is what `GET /studies` lists. Neither is touched by quirks,
+    faults or `forbidden_routes`: they are the data, not an answer of the API. The admin
+    route serves both (`GET /_emulator/studies/{K}/rows/{route}`, `GET /_emulator/studies`).
+    """
 
     def __init__(
         self, studies: Iterable[StudySpec] = (StudySpec(),), config: EmulatorConfig | None = None
@@ -139,7 +161,9 @@ class Emulator:
         self.faults = FaultBoard()
         self.log = RequestLog()
         self.jobs: dict[str, Job] = {}
-        self._pending: set[str] = set()
+        #: batchIds of unfinished jobs in creation order (a dict keeps it): jobs due at the
+        #: same moment are applied in the order they were posted.
+        self._pending: dict[str, None] = {}
 
     def configure(self, **changes: Any) -> None:
         """Change config fields at run time: all of them, or none if any value is wrong.
@@ -165,6 +189,10 @@ class Emulator:
         typo never wipes a study a test or benchmark has changed."""
         self.state.add_study(spec, replace=replace)
 
+    def remove_study(self, study_key: str) -> None:
+        """The study leaves `GET /studies` and its routes answer 403 (unknown study)."""
+        self.state.remove_study(study_key)
+
     @property
     def study_keys(self) -> list[str]:
         return list(self.state.studies)
@@ -172,12 +200,28 @@ class Emulator:
     def study(self, study_key: str) -> StudyStore:
         return self.state.study(study_key)
 
-    def rows(self, study_key: str, route: str) -> list[dict[str, Any]]:
-        """A deep copy of an endpoint's rows in default order: the truth tests compare with."""
+    def rows(self, study_key: str | None, route: str) -> list[dict[str, Any]]:
+        """The truth a test compares a client's copy with: every row the API lists on
+        `route` (one of the 11 study routes) with its most inclusive parameters (no filter,
+        users with `includeInactive=true`, soft-deleted rows included), in the route's
+        default order, deep-copied, after due jobs are applied. Quirks and
+        `forbidden_routes` do not apply: this is the data, not an answer of the API.
+        `route="studies"` is `studies()`, whatever `study_key` is."""
+        if route == "studies":
+            return self.studies()
+        if route not in STUDY_ROUTES:
+            raise ValueError(
+                f"no route {route!r}; choose from {', '.join(STUDY_ROUTES)}, or studies"
+            )
         self.advance_jobs()
         with self.state.lock:
-            rows = self.state.list_rows(route, study_key)
+            rows = self.state.list_rows(route, study_key, include_inactive=True)
             return copy.deepcopy(rows)
+
+    def studies(self) -> list[dict[str, Any]]:
+        """What `GET /studies` lists, deep-copied, in its default order (studyKey)."""
+        with self.state.lock:
+            return copy.deepcopy(self.state.list_rows("studies", None))
 
     def counts(self, study_key: str) -> dict[str, int]:
         store = self.study(study_key)
@@ -217,16 +261,16 @@ class Emulator:
     def submit(
         self, study_key: str, items: list[dict[str, Any]], email_notify: str | None = None
     ) -> Job:
-        job = Job(
-            study_key=study_key,
-            items=items,
-            email_notify=email_notify,
-            outcome=self.faults.next_job_outcome(),  # type: ignore[arg-type]
-            date_created=self.state.clock.now(),
-        )
-        with self.state.lock:
+        with self.state.lock:  # one order for dateCreated, created_at and the queue
+            job = Job(
+                study_key=study_key,
+                items=items,
+                email_notify=email_notify,
+                outcome=self.faults.next_job_outcome(),  # type: ignore[arg-type]
+                date_created=self.state.clock.now(),
+            )
             self.jobs[job.batch_id] = job
-            self._pending.add(job.batch_id)
+            self._pending[job.batch_id] = None
         self.advance_jobs()
         return job
 
@@ -245,4 +289,4 @@ class Emulator:
                     self.config.echo_typed_values,
                 )
                 if job.state in TERMINAL:
-                    self._pending.discard(batch_id)
+                    del self._pending[batch_id]

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from imednet_flows.emulator.audit import API_AUTHOR, coded_value, record_changed
 from imednet_flows.emulator.record_values import BadValue, read_back_data
 from imednet_flows.emulator.store import StudyStore
 
@@ -208,9 +209,10 @@ def apply_items(
     }
     visits = {(v["subjectId"], v["intervalId"]): v for v in store.tables["visits"].values()}
     touched: list[int] = []
-    changed = {"records", "record_revisions"}
+    changed = {"records"}
     for target in targets:
         record = target.record
+        created = False
         if record is None:
             subject = target.subject
             if subject is None:
@@ -232,12 +234,18 @@ def apply_items(
                         visits[(subject["subjectId"], interval["intervalId"])] = visit
                         changed.add("visits")
                 record = _new_record(store, subject, target.form, visit, now)
+                created = True
                 if interval is not None:
                     scheduled[slot] = record
-        data_changed = any(record["recordData"].get(k) != v for k, v in target.data.items())
+        data_changed = created or any(
+            record["recordData"].get(k) != v for k, v in target.data.items()
+        )
+        coded_before = coded_value(record)
         record["recordData"].update(target.data)
         record["dateModified"] = now
-        append_revision(store, record, now, data_changed)
+        # Each item is one save of the record, so one revision, also when two items of
+        # a batch name the same record.
+        record_changed(store, record, now, data_changed, API_AUTHOR, coded_before)
         touched.append(record["recordId"])
     store.changed(*changed)
     return touched
@@ -336,33 +344,3 @@ def _new_record(
     store.tables["records"][record_id] = record
     store.revisions[record_id] = (0, 0)
     return record
-
-
-def append_revision(
-    store: StudyStore, record: dict[str, Any], now: str, data_changed: bool
-) -> None:
-    """One immutable revision row per change, as the EDC's audit trail has."""
-    rec_rev, data_rev = store.revisions.get(record["recordId"], (0, 0))
-    rec_rev, data_rev = rec_rev + 1, data_rev + (1 if data_changed else 0)
-    store.revisions[record["recordId"]] = (rec_rev, data_rev)
-    rev_id = store.new_id("record_revisions")
-    store.tables["record_revisions"][rev_id] = {
-        "studyKey": store.key,
-        "recordRevisionId": rev_id,
-        "recordId": record["recordId"],
-        "recordOid": record["recordOid"],
-        "recordRevision": rec_rev,
-        "dataRevision": data_rev,
-        "recordStatus": record["recordStatus"],
-        "subjectId": record["subjectId"],
-        "subjectOid": record["subjectOid"],
-        "subjectKey": record["subjectKey"],
-        "siteId": record["siteId"],
-        "formKey": record["formKey"],
-        "intervalId": record["intervalId"],
-        "role": "API",
-        "user": "api-user",
-        "reasonForChange": "",
-        "deleted": record["deleted"],
-        "dateCreated": now,
-    }

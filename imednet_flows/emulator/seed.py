@@ -14,15 +14,22 @@ Choices where the contract is silent (kept here so emulator authors can rely on 
 
 * Ids follow time: subjects by enrollment, visits/records by entry second, revisions by the
   instant they snapshot, queries by creation. Codings are numbered in record order.
-* A record's single revision snapshots its current state, so its ``dateCreated`` equals the
-  record's ``dateModified``.
+* Every record has the audit trail of its history: a revision at entry (``dateCreated`` of the
+  record, no reason), one per later change (an edit with a reason, a soft delete, the data
+  migration, by the system user), so the latest revision's ``dateCreated`` equals the record's
+  ``dateModified``. ``recordRevision`` counts every change, ``dataRevision`` those of the data
+  (entry and edits). About a quarter of the records have more than one revision.
+* One coding per coded value (AE ``aeterm``, CM ``cmtrt``) that is not blank; a tenth of them
+  were re-coded (``revision`` 2, same ``codingId``, a later ``dateCoded``).
 * All records of a visit are entered in one second; later edits of a visit share one second;
   one migration second (2025-12-15 02:00:00) re-saves a slice of all records (at least 150
   rows when the study has 300+, 3% of large studies) so watermark tests see a same-second
   block larger than a page.
 * "subject" queries carry ``recordId`` 0 and ``variable`` ""; "record" queries carry the
   record id and ``variable`` "". Every DATE value in ``recordData`` is its visit date.
-* The user with the highest index is the one with ``userActiveInStudy`` false (needs >= 2).
+* Users come from their own random stream (their number does not change the clinical data);
+  about one in seven has left the study (``userActiveInStudy`` false), always at least one when
+  there are two or more, the one with the highest index among them.
 """
 
 from __future__ import annotations
@@ -86,7 +93,8 @@ class StudySpec:
     forms_per_interval: int = 3
     query_rate: float = 0.15
     closed_query_rate: float = 0.4
-    users: int = 5
+    #: Site staff, monitors, data managers and those who have left: enough to page at 100.
+    users: int = 120
     soft_deleted_rate: float = 0.01
 
     @classmethod
@@ -402,7 +410,7 @@ FORM_CATALOGUE: tuple[tuple[str, str, tuple[_Var, ...]], ...] = (
 _SCREENING_ORDER = ("DM", "MH", "VS", "LB", "EG", "PE", "CM", "QS", "AE", "EX", "DS")
 _RECURRING_ORDER = ("VS", "AE", "CM", "LB", "EX", "EG", "QS", "PE", "DS", "DM", "MH")
 #: formKey -> (coded variable, dictionaryName, dictionaryVersion, verbatim -> code).
-_CODED_FORMS = {
+CODED_FORMS = {
     "AE": ("aeterm", "MedDRA", "27.0", AE_TERMS),
     "CM": ("cmtrt", "WHODrug", "Global B3 Mar 2024", CM_TERMS),
 }
@@ -425,25 +433,25 @@ _CITIES = (
     "Melbourne",
     "Amsterdam",
 )
-_FIRST_NAMES = (
+FIRST_NAMES = (
     "William", "Maria", "James", "Aisha", "Robert", "Chen", "Laura", "Daniel",
     "Sofia", "Ahmed", "Emma", "Lucas", "Priya", "Noah", "Hannah", "Mateo",
 )  # fmt: skip
-_LAST_NAMES = (
+LAST_NAMES = (
     "Smith", "Garcia", "Johnson", "Khan", "Brown", "Wang", "Muller", "Rossi",
     "Novak", "Okafor", "Dubois", "Larsen", "Patel", "Kim", "Silva", "Cohen",
 )  # fmt: skip
 #: (role name, description, level, type); user i gets role i % len.
-_ROLES = (
+ROLES = (
     ("Study Coordinator", "Enters and maintains subject data at the site", 3, "Site"),
     ("Clinical Research Associate", "Monitors sites and raises data queries", 4, "Sponsor"),
     ("Data Manager", "Cleans data and codes terms", 5, "Sponsor"),
     ("Principal Investigator", "Signs off subject casebooks", 3, "Site"),
     ("Medical Monitor", "Reviews safety data", 5, "Sponsor"),
 )
-_ENTRY_ROLES = ("Study Coordinator", "Principal Investigator")
+ENTRY_ROLES = ("Study Coordinator", "Principal Investigator")
 _MONITOR_ROLES = ("Clinical Research Associate", "Medical Monitor")
-_CODER_ROLES = ("Data Manager",)
+CODER_ROLES = ("Data Manager",)
 _KEYWORDS = (
     ("Data Entry Error", "DEE"),
     ("Protocol Deviation", "PD"),
@@ -495,6 +503,23 @@ _WORK_START = 8 * 3600
 _WORK_SPAN = 10 * 3600
 _BLANK = 0.05  # share of "" values in recordData
 _EDIT_RATE = 0.2
+_INACTIVE_USER_RATE = 0.14
+#: Users the clinical random stream once drew (see `_generate`).
+_FORMER_USER_DRAWS = 5
+#: Role index (into ROLES) of user i from the sixth on: site staff outnumber sponsor staff.
+_ROLE_PATTERN = (0, 0, 0, 0, 3, 3, 1, 1, 2, 4)
+#: reasonForChange of a seeded edit, picked by record.
+EDIT_REASONS = (
+    "Data correction",
+    "Transcription error",
+    "Updated per source document",
+    "Corrected in response to query",
+)
+DELETE_REASON = "Entered in error"
+#: Who re-saved records in the data migration second (not a study user).
+MIGRATION = ("system", "System", "Data migration")
+#: Bits of the record index in a revision's sort key (time, record, kind); 2**24 > ID_STRIDE.
+_REV_BITS = 24
 _ID_LIMIT = ID_STRIDE - 1
 
 
@@ -559,7 +584,7 @@ def _validate(spec: StudySpec) -> None:
         raise ValueError("query_rate must be >= 0 and closed_query_rate in [0, 1]")
     if not 0 <= spec.soft_deleted_rate <= 1:
         raise ValueError("soft_deleted_rate must be in [0, 1]")
-    # Codings (<= 2 per record) and queries (<= ceil(rate) per record) share the id stride.
+    # Codings (<= 1 per record) and queries (<= ceil(rate) per record) share the id stride.
     if spec.record_count * max(2, math.ceil(spec.query_rate)) > _ID_LIMIT:
         raise ValueError("too many rows for one study's id range (ids are offset by study_id)")
 
@@ -567,6 +592,83 @@ def _validate(spec: StudySpec) -> None:
 # --------------------------------------------------------------------------------------
 # Generation
 # --------------------------------------------------------------------------------------
+
+
+def nth_site_name(i: int) -> str:
+    """The i-th site's name: a city, numbered once every city has a site."""
+    city = _CITIES[i % len(_CITIES)]
+    return city if i < len(_CITIES) else f"{city} {i // len(_CITIES) + 1}"
+
+
+def role_row(
+    name: str, description: str, level: int, rtype: str, role_id: str, created: str,
+    modified: str, community_id: int,
+) -> dict:  # fmt: skip
+    """A Role as the API sends it (dates as ts strings, see CONTRACT §3)."""
+    return {
+        "dateCreated": created,
+        "dateModified": modified,
+        "roleId": role_id,
+        "communityId": community_id,
+        "name": name,
+        "description": description,
+        "level": level,
+        "type": rtype,
+        "inactive": False,
+    }
+
+
+def user_row(
+    user_id: str, login: str, first: str, last: str, active: bool, role: dict
+) -> dict:  # fmt: skip
+    """A User as the API sends it; shared by the seed and `add_users`."""
+    return {
+        "userId": user_id,
+        "login": login,
+        "firstName": first,
+        "lastName": last,
+        "email": f"{login}@example.com",
+        "userActiveInStudy": active,
+        "roles": [dict(role)],
+    }
+
+
+def unique_login(first: str, last: str, taken: set[str]) -> str:
+    """First initial and last name, numbered when taken; adds the result to `taken`."""
+    login = stem = (first[0] + last).lower()
+    k = 1
+    while login in taken:
+        k += 1
+        login = f"{stem}{k}"
+    taken.add(login)
+    return login
+
+
+def _generate_users(spec: StudySpec) -> list[dict]:
+    """Users in login order, from a random stream of their own so that their number leaves
+    every clinical row as it is. The first five hold one role each; then site staff come
+    more often than sponsor staff, and about one in seven has left the study."""
+    urng = random.Random(f"imednet-seed-users:{spec.seed}:{spec.study_id}:{spec.study_key}")
+    rnd = urng.random
+    roles = []
+    for i, (name, desc, level, rtype) in enumerate(ROLES):
+        t = _work_time(2 + i, rnd())
+        roles.append(
+            role_row(
+                name, desc, level, rtype, _uuid(urng), _ts(t), _ts(t + 3 * _DAY), spec.study_id
+            )
+        )
+    users: list[dict] = []
+    logins: set[str] = set()
+    for i in range(spec.users):
+        first = FIRST_NAMES[(i + int(rnd() * 4)) % len(FIRST_NAMES)]
+        last = LAST_NAMES[(i * 7 + int(rnd() * 3)) % len(LAST_NAMES)]
+        login = unique_login(first, last, logins)
+        role = roles[i if i < len(roles) else _ROLE_PATTERN[i % len(_ROLE_PATTERN)]]
+        left = rnd() < _INACTIVE_USER_RATE or (spec.users >= 2 and i == spec.users - 1)
+        users.append(user_row(_uuid(urng), login, first, last, not left, role))
+    users.sort(key=lambda u: u["login"])
+    return users
 
 
 def generate_study(spec: StudySpec) -> StudyData:
@@ -583,6 +685,64 @@ def generate_study(spec: StudySpec) -> StudyData:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _revisions(
+    records: list[dict], keys: list[int], entry_people: list[tuple[str, str]], base: int
+) -> list[dict]:
+    """Every record's audit trail, numbered in time order as a live system's would be (ties
+    in record order, then entry before change). Site staff enter and edit the records of
+    their subjects; the migration is the system's."""
+    keys.sort()
+    record_mask = (1 << _REV_BITS) - 1
+    key_shift = _REV_BITS + 2
+    n_entry = len(entry_people)
+    counters = [0] * len(records)  # recordRevision << 16 | dataRevision, per record
+    stamps: dict[int, str] = {}
+    revisions: list[dict] = []
+    rev_id = base
+    for key in keys:
+        kind = key & 3
+        index = (key >> 2) & record_mask
+        rec = records[index]
+        t = key >> key_shift
+        stamp = stamps.get(t)
+        if stamp is None:
+            stamp = stamps[t] = _ts(t)
+        count = counters[index] + (1 << 16) + (kind < 2)
+        counters[index] = count
+        if kind == 3:
+            login, role, reason = MIGRATION
+        else:
+            login, role = entry_people[(rec["subjectId"] - base - 1) % n_entry]
+            reason = (
+                "" if kind == 0 else DELETE_REASON if kind == 2 else
+                EDIT_REASONS[index % len(EDIT_REASONS)]
+            )  # fmt: skip
+        rev_id += 1
+        revisions.append(
+            {
+                "studyKey": rec["studyKey"],
+                "recordRevisionId": rev_id,
+                "recordId": rec["recordId"],
+                "recordOid": rec["recordOid"],
+                "recordRevision": count >> 16,
+                "dataRevision": count & 0xFFFF,
+                "recordStatus": rec["recordStatus"],
+                "subjectId": rec["subjectId"],
+                "subjectOid": rec["subjectOid"],
+                "subjectKey": rec["subjectKey"],
+                "siteId": rec["siteId"],
+                "formKey": rec["formKey"],
+                "intervalId": rec["intervalId"],
+                "role": role,
+                "user": login,
+                "reasonForChange": reason,
+                "deleted": kind == 2,
+                "dateCreated": stamp,
+            }
+        )
+    return revisions
 
 
 def _generate(spec: StudySpec) -> StudyData:
@@ -604,59 +764,26 @@ def _generate(spec: StudySpec) -> StudyData:
     }
 
     # ---- users -------------------------------------------------------------------
-    role_defs = []
-    for i, (name, desc, level, rtype) in enumerate(_ROLES):
-        t = _work_time(2 + i, rnd())
-        role_defs.append((name, desc, level, rtype, _uuid(rng), _ts(t), _ts(t + 3 * _DAY)))
-    users: list[dict] = []
-    logins: set[str] = set()
+    # Users once came from this stream, five by default: take what they took, so every
+    # seed keeps the clinical data it had (tests and benchmarks pick rows by position).
+    for _ in ROLES:
+        rnd(), rng.getrandbits(128)
+    for _ in range(_FORMER_USER_DRAWS):
+        rnd(), rnd(), rng.getrandbits(128)
+    users = _generate_users(spec)
     by_role: dict[str, list[dict]] = {}
-    for i in range(spec.users):
-        first = _FIRST_NAMES[(i + int(rnd() * 4)) % len(_FIRST_NAMES)]
-        last = _LAST_NAMES[(i * 7 + int(rnd() * 3)) % len(_LAST_NAMES)]
-        login = stem = (first[0] + last).lower()
-        k = 1
-        while login in logins:
-            k += 1
-            login = f"{stem}{k}"
-        logins.add(login)
-        rname, rdesc, level, rtype, rid, rcreated, rmod = role_defs[i % len(role_defs)]
-        roles = [
-            {
-                "dateCreated": rcreated,
-                "dateModified": rmod,
-                "roleId": rid,
-                "communityId": spec.study_id,
-                "name": rname,
-                "description": rdesc,
-                "level": level,
-                "type": rtype,
-                "inactive": False,
-            }
-        ]
-        user = {
-            "userId": _uuid(rng),
-            "login": login,
-            "firstName": first,
-            "lastName": last,
-            "email": f"{login}@example.com",
-            # The last user has left the study: exercises includeInactive=false.
-            "userActiveInStudy": not (spec.users >= 2 and i == spec.users - 1),
-            "roles": roles,
-        }
-        users.append(user)
-        by_role.setdefault(rname, []).append(user)
-    users.sort(key=lambda u: u["login"])
+    for user in users:
+        by_role.setdefault(user["roles"][0]["name"], []).append(user)
 
     def _people(role_names: tuple[str, ...]) -> list[dict]:
         found = [u for r in role_names for u in by_role.get(r, [])]
         return found or users
 
-    entry_people = [(u["login"], u["roles"][0]["name"]) for u in _people(_ENTRY_ROLES)]
+    entry_people = [(u["login"], u["roles"][0]["name"]) for u in _people(ENTRY_ROLES)]
     if not entry_people:
         entry_people = [("system", "System")]
     monitors = [u["login"] for u in _people(_MONITOR_ROLES)] or ["system"]
-    coders = [f"{u['firstName']} {u['lastName']}" for u in _people(_CODER_ROLES)] or ["System"]
+    coders = [f"{u['firstName']} {u['lastName']}" for u in _people(CODER_ROLES)] or ["System"]
 
     # ---- forms and variables -----------------------------------------------------
     n_forms = max(len(FORM_CATALOGUE), spec.forms_per_interval + 1)
@@ -808,10 +935,7 @@ def _generate(spec: StudySpec) -> StudyData:
 
     # ---- sites and subjects ------------------------------------------------------
     n_sites = spec.sites
-    site_names = []
-    for i in range(n_sites):
-        city = _CITIES[i % len(_CITIES)]
-        site_names.append(city if i < len(_CITIES) else f"{city} {i // len(_CITIES) + 1}")
+    site_names = [nth_site_name(i) for i in range(n_sites)]
     site_w = [0.5 + rnd() for _ in range(n_sites)]
     n_subj = spec.subjects
     enroll = sorted(
@@ -910,7 +1034,8 @@ def _generate(spec: StudySpec) -> StudyData:
     n_mon = len(monitors)
     visits: list[dict] = []
     records: list[dict] = []
-    rec_mod_t: list[int] = []
+    rev_keys: list[int] = []
+    key_shift = _REV_BITS + 2
     codings: list[dict] = []
     pending_q: list[tuple[int, int, dict]] = []
     desc_cache: dict[tuple[str, str], str] = {}
@@ -925,10 +1050,7 @@ def _generate(spec: StudySpec) -> StudyData:
             iname,
             dform,
             dq,
-            [
-                (form_by_key[k], form_fill[k][1], form_fill[k][0], _CODED_FORMS.get(k))
-                for k in sched
-            ],
+            [(form_by_key[k], form_fill[k][1], form_fill[k][0], CODED_FORMS.get(k)) for k in sched],
         )
         for iid, iname, dform, dq, sched in interval_info
     ]
@@ -989,12 +1111,18 @@ def _generate(spec: StudySpec) -> StudyData:
             status = "Record Incomplete" if "" in data.values() else "Record Complete"
             r = rnd()
             deleted = r < del_rate
+            # Revision sort keys: (time, record index, kind); kind 0 entry, 1 edit,
+            # 2 soft delete, 3 migration. Integers sort fast and hold no objects.
+            rec_key = len(records) << 2
+            rev_keys.append(t_v << key_shift | rec_key)
             if deleted or r < _EDIT_RATE:
                 t_m, t_m_s = t_edit, t_edit_s
+                rev_keys.append(t_edit << key_shift | rec_key | (2 if deleted else 1))
             else:
                 t_m, t_m_s = t_v, t_v_s
             if not deleted and rnd() < bulk_p:
                 t_m, t_m_s = _BULK_T, bulk_s
+                rev_keys.append(_BULK_T << key_shift | rec_key | 3)
             keywords = []
             if rnd() < 0.02:
                 kn, kk, kid = kw_defs[int(rnd() * len(kw_defs))]
@@ -1025,41 +1153,39 @@ def _generate(spec: StudySpec) -> StudyData:
                     "recordData": data,
                 }
             )
-            rec_mod_t.append(t_m)
 
             if coded is not None:
                 cvar, dict_name, dict_ver, mapping = coded
                 term = data[cvar]
                 if term:
                     t_c = _work_time(v_day + 2 + int(rnd() * 10), rnd())
-                    n_codings = 2 if rnd() < 0.1 else 1
-                    for rev in range(1, n_codings + 1):
-                        coding_id += 1
-                        codings.append(
-                            {
-                                "studyKey": K,
-                                "siteName": site_name,
-                                "siteId": site_id,
-                                "subjectId": subject_id,
-                                "subjectKey": subject_key,
-                                "formId": form["formId"],
-                                "formName": form["formName"],
-                                "formKey": fkey,
-                                "revision": rev,
-                                "recordId": rid,
-                                "variable": cvar,
-                                "value": term,
-                                "codingId": coding_id,
-                                "code": mapping[term],
-                                "codedBy": coders[(coding_id + rev) % len(coders)],
-                                "reason": "Initial coding"
-                                if rev == 1
-                                else "Recoded after dictionary upversion",
-                                "dictionaryName": dict_name,
-                                "dictionaryVersion": dict_ver,
-                                "dateCoded": _ts(t_c + (rev - 1) * 21 * _DAY),
-                            }
-                        )
+                    rev = 2 if rnd() < 0.1 else 1  # re-coded after a dictionary upversion
+                    coding_id += 1
+                    codings.append(
+                        {
+                            "studyKey": K,
+                            "siteName": site_name,
+                            "siteId": site_id,
+                            "subjectId": subject_id,
+                            "subjectKey": subject_key,
+                            "formId": form["formId"],
+                            "formName": form["formName"],
+                            "formKey": fkey,
+                            "revision": rev,
+                            "recordId": rid,
+                            "variable": cvar,
+                            "value": term,
+                            "codingId": coding_id,
+                            "code": mapping[term],
+                            "codedBy": coders[(coding_id + rev) % len(coders)],
+                            "reason": "Initial coding"
+                            if rev == 1
+                            else "Recoded after dictionary upversion",
+                            "dictionaryName": dict_name,
+                            "dictionaryVersion": dict_ver,
+                            "dateCoded": _ts(t_c + (rev - 1) * 21 * _DAY),
+                        }
+                    )
 
             n_q = q_whole + (1 if rnd() < q_frac else 0)
             for _ in range(n_q):
@@ -1130,37 +1256,7 @@ def _generate(spec: StudySpec) -> StudyData:
                 }
                 pending_q.append((min(t_q, _CAP), rid, q))
 
-    # Revision ids follow the time of the state they snapshot (the record's dateModified),
-    # as a live system's would; ties keep recordId order (sorted() is stable).
-    rev_order = sorted(range(len(records)), key=rec_mod_t.__getitem__)
-    record_revisions: list[dict] = []
-    rev_id = base
-    for i in rev_order:
-        rec = records[i]
-        rev_id += 1
-        login, role = entry_people[(rec["subjectId"] - base - 1) % n_entry]
-        record_revisions.append(
-            {
-                "studyKey": K,
-                "recordRevisionId": rev_id,
-                "recordId": rec["recordId"],
-                "recordOid": rec["recordOid"],
-                "recordRevision": 1,
-                "dataRevision": 1,
-                "recordStatus": rec["recordStatus"],
-                "subjectId": rec["subjectId"],
-                "subjectOid": rec["subjectOid"],
-                "subjectKey": rec["subjectKey"],
-                "siteId": rec["siteId"],
-                "formKey": rec["formKey"],
-                "intervalId": rec["intervalId"],
-                "role": role,
-                "user": login,
-                "reasonForChange": "",
-                "deleted": rec["deleted"],
-                "dateCreated": rec["dateModified"],
-            }
-        )
+    record_revisions = _revisions(records, rev_keys, entry_people, base)
 
     pending_q.sort(key=lambda x: (x[0], x[1]))
     queries: list[dict] = []

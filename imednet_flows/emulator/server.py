@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import uvicorn
@@ -197,6 +198,14 @@ class EmulatorClient:
     def add_study(self, replace: bool = False, **spec: Any) -> list[str]:
         """Seed a study from StudySpec fields; an existing key needs `replace=True`."""
         return self._call("POST", "/studies", {**spec, "replace": replace})["studies"]
+
+    def remove_study(self, study_key: str) -> list[str]:
+        """Take a study away (it leaves /studies, its routes answer 403); the keys left."""
+        return self._call("DELETE", f"/studies/{quote(study_key, safe='')}")["studies"]
+
+    def studies(self) -> list[dict[str, Any]]:
+        """What `GET /studies` lists: the truth for study discovery."""
+        return self._call("GET", "/studies")
 
     def close(self) -> None:
         self._http.close()

@@ -59,6 +59,10 @@ class StudyStore:
     next_ids: dict[str, int] = field(default_factory=dict)
     #: recordId -> (recordRevision, dataRevision) of its latest revision.
     revisions: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: dateCreated of the latest revision: no later revision may be dated before it.
+    last_revision_at: str = ""
+    #: (recordId, variable) -> codingId, built when a coded value first changes.
+    coding_index: dict[tuple[int, str], int] | None = None
 
     @classmethod
     def from_data(cls, spec: StudySpec, data: StudyData) -> StudyStore:
@@ -82,6 +86,7 @@ class StudyStore:
             store.next_ids[table] = (max(numeric) + 1) if numeric else base + 1
         for rev in data.record_revisions:
             store.revisions[rev["recordId"]] = (rev["recordRevision"], rev["dataRevision"])
+            store.last_revision_at = max(store.last_revision_at, rev["dateCreated"])
         return store
 
     def new_id(self, table: str) -> int:
@@ -169,6 +174,14 @@ class EmulatorState:
                 f'study "{key}" already exists; pass replace=true to reseed it '
                 "(its changes are lost)"
             )
+
+    def remove_study(self, key: str) -> None:
+        """Take a study away: it leaves /studies and its routes answer as for an unknown
+        study, as when a key loses access or a study is archived."""
+        with self.lock:
+            self.study(key)  # a clear error for an unknown key
+            del self.studies[key]
+            self._query_cache.clear()
 
     def study(self, key: str) -> StudyStore:
         try:
