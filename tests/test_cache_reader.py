@@ -212,27 +212,33 @@ def test_record_history_in_revision_order(tmp_path: Path, data: StudyData):
     path = tmp_path / "history.db"
     conn = connect(path)
     load_study(conn, data, KEY)
-    first = next(r for r in data.record_revisions if r["recordId"] == data.records[7]["recordId"])
-    base = max(r["recordRevisionId"] for r in data.record_revisions)
+    record_id = data.records[7]["recordId"]
+    own = sorted(
+        (r for r in data.record_revisions if r["recordId"] == record_id),
+        key=lambda r: (r["recordRevision"], r["recordRevisionId"]),
+    )
+    top, base = own[-1]["recordRevision"], max(r["recordRevisionId"] for r in data.record_revisions)
     later = [  # ids out of revision order, as a backfill can leave them
-        {**first, "recordRevisionId": base + 2, "recordRevision": 2, "user": "amiller",
+        {**own[-1], "recordRevisionId": base + 2, "recordRevision": top + 1, "user": "amiller",
          "role": "Monitor", "reasonForChange": "Source verified", "recordStatus": "Complete",
-         "dateCreated": "2025-01-02 10:00:00"},
-        {**first, "recordRevisionId": base + 1, "recordRevision": 3, "user": "jrossi",
+         "deleted": False, "dateCreated": "2030-01-02 10:00:00"},
+        {**own[-1], "recordRevisionId": base + 1, "recordRevision": top + 2, "user": "jrossi",
          "role": "Data Manager", "reasonForChange": "Deleted in error", "deleted": True,
-         "dateCreated": "2025-01-03 10:00:00"},
+         "dateCreated": "2030-01-03 10:00:00"},
     ]  # fmt: skip
     change(conn, KEY, "recordRevisions", later)
     conn.close()
-    history = record_history(path, KEY, first["recordId"])
-    assert list(history["recordRevision"]) == [1, 2, 3]
-    assert list(history["recordRevisionId"]) == [first["recordRevisionId"], base + 2, base + 1]
-    assert list(history["user"]) == [first["user"], "amiller", "jrossi"]
-    assert list(history["reasonForChange"])[1:] == ["Source verified", "Deleted in error"]
-    assert list(history["deleted"]) == [first["deleted"], False, True]
-    assert {"role", "recordStatus", "dateCreated"} <= set(history.columns)
-    assert history["dateCreated"].iloc[2] == pd.Timestamp("2025-01-03 10:00:00", tz="UTC")
-    assert record_history(path, KEY, first["recordId"], as_dataframe=False) == [first, *later]
+    expected = [*own, *later]
+    history = record_history(path, KEY, record_id)
+    assert list(history["recordRevision"]) == [r["recordRevision"] for r in expected]
+    assert list(history["recordRevisionId"])[-2:] == [base + 2, base + 1]
+    assert list(history["user"]) == [r["user"] for r in expected]
+    assert list(history["reasonForChange"])[-2:] == ["Source verified", "Deleted in error"]
+    assert list(history["deleted"])[-2:] == [False, True]
+    assert list(history["role"]) == [r["role"] for r in expected]
+    assert list(history["recordStatus"]) == [r["recordStatus"] for r in expected]
+    assert history["dateCreated"].iloc[-1] == pd.Timestamp("2030-01-03 10:00:00", tz="UTC")
+    assert record_history(path, KEY, record_id, as_dataframe=False) == expected
     assert record_history(path, KEY, -1).empty and "user" in record_history(path, KEY, -1)
 
 
