@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from filelock import Timeout
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -33,8 +33,9 @@ from imednet_flows.cache.lock import exclusive_writer, lock_path
 from imednet_flows.cache.results import StudyResult
 from imednet_flows.cache.snapshots import SnapshotResult, snapshot_is_current
 from imednet_flows.cache.studies import Discovery, wants_discovery
+from imednet_flows.edc.client import Credentials
 from tasks.cache import discover_studies, snapshot_study, sync_study
-from tasks.client import imednet_client
+from tasks.client import aresolve_credentials, imednet_client
 
 CHANGED_EVENT = "imednet.sync.changed"
 COUNTS = ("inserted", "updated", "soft_deleted", "hard_deleted")
@@ -149,9 +150,15 @@ async def incremental_sync(
     max_concurrency: Concurrency = 4,
 ) -> SyncRunResult:
     """Bring the cache up to date with the API and publish Parquet snapshots."""
-    return await asyncio.to_thread(
+    discover = wants_discovery(study_keys)  # a bad selection fails before anything is written
+    credentials = await aresolve_credentials()
+    # The work is blocking (HTTP, SQLite, Parquet): a thread keeps it off the flow's event
+    # loop; its tasks still run as task runs of this flow.
+    result = await asyncio.to_thread(
         _sync_job,
         study_keys,
+        discover,
+        credentials,
         Path(cache_path),
         Path(snapshot_dir),
         full_refresh,
@@ -162,6 +169,19 @@ async def incremental_sync(
         prune_missing_studies,
         max_concurrency,
     )
+    if result.skipped:
+        return result
+    # Studies that succeeded are published even when others failed: their changes are in
+    # the cache and snapshots, and downstream triggers must fire for them.
+    await _publish(result)
+    if result.failed:
+        summary = "; ".join(f"{k}: {e}" for k, e in result.failed.items())
+        total = len(set(result.failed) | set(result.studies))
+        raise SyncFailed(
+            f"sync failed for {len(result.failed)} of {total} studies "
+            f"({summary}). Studies that succeeded were saved and published."
+        )
+    return result
 
 
 def run_incremental_sync(*args: Any, **kwargs: Any) -> SyncRunResult:
@@ -172,6 +192,8 @@ def run_incremental_sync(*args: Any, **kwargs: Any) -> SyncRunResult:
 
 def _sync_job(
     study_keys: list[str],
+    discover: bool,
+    credentials: Credentials,
     cache: Path,
     snapshot_dir: Path,
     full_refresh: bool,
@@ -182,14 +204,13 @@ def _sync_job(
     prune_missing: bool,
     max_concurrency: int,
 ) -> SyncRunResult:
-    logger = get_run_logger()
     started = time.perf_counter()
-    discover = wants_discovery(study_keys)  # a bad selection fails before anything is written
     try:
         with exclusive_writer(cache, lock_timeout):
             result = _run(
                 study_keys,
                 discover,
+                credentials,
                 cache,
                 snapshot_dir,
                 full_refresh,
@@ -205,25 +226,16 @@ def _sync_job(
         )
         if on_lock_timeout == "fail":
             raise RuntimeError(message + ". Raise lock_timeout or check for a stuck run.") from None
-        logger.warning("skipping: %s", message)
+        get_run_logger().warning("skipping: %s", message)
         return SyncRunResult(skipped=True, reason=message)
     result.seconds = round(time.perf_counter() - started, 3)
-    # Studies that succeeded are published even when others failed: their changes are in
-    # the cache and snapshots, and downstream triggers must fire for them.
-    _publish(result)
-    if result.failed:
-        summary = "; ".join(f"{k}: {e}" for k, e in result.failed.items())
-        total = len(set(result.failed) | set(result.studies))
-        raise SyncFailed(
-            f"sync failed for {len(result.failed)} of {total} studies "
-            f"({summary}). Studies that succeeded were saved and published."
-        )
     return result
 
 
 def _run(
     study_keys: list[str],
     discover: bool,
+    credentials: Credentials,
     cache: Path,
     snapshot_dir: Path,
     full_refresh: bool,
@@ -233,7 +245,7 @@ def _run(
     max_concurrency: int,
 ) -> SyncRunResult:
     result = SyncRunResult()
-    with imednet_client(max_concurrency) as client:
+    with imednet_client(max_concurrency, credentials) as client:
         if discover:
             found, pruned = discover_studies(client, str(cache), prune_missing)
             study_keys = found.visible
@@ -277,7 +289,7 @@ def _stale_snapshots(cache: Path, snapshot_dir: Path, study_keys: list[str]) -> 
         conn.close()
 
 
-def _publish(result: SyncRunResult) -> None:
+async def _publish(result: SyncRunResult) -> None:
     rows: list[dict[str, object]] = []
     for key, study in result.studies.items():
         for name, c in study.collections.items():
@@ -310,7 +322,7 @@ def _publish(result: SyncRunResult) -> None:
         gone = ", ".join(result.missing_studies)
         kept = "pruned from the cache" if result.pruned_studies else "kept in the cache"
         notes += f" No longer listed by the API: {gone} ({kept})."
-    create_table_artifact(
+    await acreate_table_artifact(
         key=artifact_key("incremental-sync"),
         table=rows,
         description=(

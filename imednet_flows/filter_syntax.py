@@ -160,6 +160,7 @@ def _snippet_before(text: str, pos: int) -> str:
 
 # --------------------------------------------------------------------------- timestamps
 
+
 def parse_timestamp(value: str) -> datetime:
     """Parse any accepted timestamp form to an aware UTC datetime.
 

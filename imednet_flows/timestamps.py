@@ -78,8 +78,6 @@ def format_timestamp(dt: datetime) -> str:
     )
 
 
-
-
 def canonical_ts(value: Any) -> str | None:
     """Any API timestamp form as 'YYYY-MM-DD HH:MM:SS' UTC, or None for blanks and garbage."""
     if not value or not isinstance(value, str):

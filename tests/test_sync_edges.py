@@ -26,9 +26,10 @@ from typer.testing import CliRunner
 
 from flows.incremental_sync import CHANGED_EVENT, incremental_sync, run_incremental_sync
 from imednet_flows.cache import staging
+from imednet_flows.cache.merge import merge_into
 from imednet_flows.cache.reader import get_cached_records, sync_status
 from imednet_flows.cache.snapshots import latest_snapshot
-from imednet_flows.cache.sync import StudySync, merge_into
+from imednet_flows.cache.sync import StudySync
 from imednet_flows.cli import app
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer

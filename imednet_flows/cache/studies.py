@@ -33,7 +33,7 @@ def wants_discovery(study_keys: list[str]) -> bool:
         if len(keys) > 1:
             raise StudySelectionError(
                 'study_keys mixes "*" (every study the key can see) with explicit keys '
-                f"{[k for k in keys if k != ALL]}; give either [\"*\"] or the keys"
+                f'{[k for k in keys if k != ALL]}; give either ["*"] or the keys'
             )
         return True
     for key in keys:
@@ -74,9 +74,7 @@ def cached_study_keys(conn: sqlite3.Connection) -> set[str]:
     return keys
 
 
-def record_listing(
-    conn: sqlite3.Connection, studies: list[dict[str, Any]], now: str
-) -> Discovery:
+def record_listing(conn: sqlite3.Connection, studies: list[dict[str, Any]], now: str) -> Discovery:
     """Keep the listing in the cache (inside the caller's transaction) and compare it with
     what the cache knows."""
     if not studies:
