@@ -25,7 +25,7 @@ from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import run_coro_as_sync
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from flows.common import Concurrency, artifact_key, documented, param
 from imednet_flows.cache.db import connect
@@ -66,6 +66,8 @@ class SyncRunResult(BaseModel):
     pruned_studies: list[str] = Field(default_factory=list)
     requests: int = 0
     seconds: float = 0.0
+    #: The exceptions behind `failed`, kept for the error the run ends with (not serialised).
+    _errors: dict[str, BaseException] = PrivateAttr(default_factory=dict)
 
 
 class SyncFailed(RuntimeError):
@@ -180,7 +182,7 @@ async def incremental_sync(
         raise SyncFailed(
             f"sync failed for {len(result.failed)} of {total} studies "
             f"({summary}). Studies that succeeded were saved and published."
-        )
+        ) from next(iter(result._errors.values()), None)
     return result
 
 
@@ -259,6 +261,7 @@ def _run(
                 result.studies[key] = future.result()
             except Exception as exc:  # other studies still get merged and snapshotted
                 result.failed[key] = str(exc)
+                result._errors[key] = exc
         result.requests = client.requests
     stale = _stale_snapshots(cache, snapshot_dir, list(result.studies))
     snapshots = {
@@ -269,6 +272,7 @@ def _run(
             result.snapshots[key] = future.result()
         except Exception as exc:  # the cache is saved; the next run publishes the snapshot
             result.failed[key] = f"its snapshot failed: {exc}"
+            result._errors[key] = exc
     return result
 
 

@@ -302,7 +302,7 @@ def test_a_database_of_something_else_is_never_migrated(tmp_path: Path) -> None:
     conn.close()
     result = runner.invoke(app, ["cache", "status", "--cache", str(other)])
     assert result.exit_code == 1 and "something else" in result.output
-    from imednet_flows.cache.schema import CacheError, connect
+    from imednet_flows.cache.db import CacheError, connect
 
     with pytest.raises(CacheError, match="patients"):
         connect(other)
