@@ -191,6 +191,13 @@ def _changes() -> st.SearchStrategy[Change]:
             Change, op=st.just("add_queries"), n=st.integers(1, 2), seed=seeds, flag=st.booleans()
         ),
         st.builds(Change, op=st.just("add_query_comment"), seed=seeds, flag=st.booleans()),
+        # the collections beyond the clinical data: codings, users, set-up lists
+        st.builds(Change, op=st.just("recode"), n=st.integers(1, 2), seed=seeds),
+        st.builds(Change, op=st.just("hard_delete"), entity=st.just("codings"), seed=seeds),
+        st.builds(Change, op=st.just("add_users"), n=st.integers(1, 2)),
+        st.builds(Change, op=st.just("deactivate_users"), seed=seeds),
+        st.builds(Change, op=st.just("add_variables"), seed=seeds),
+        st.builds(Change, op=st.just("edit_forms"), seed=seeds),
     )
 
 
@@ -545,6 +552,20 @@ class SyncModel(RuleBasedStateMachine):
             if queries:
                 target = random.Random(change.seed).choice(queries)["annotationId"]
                 emu.mutate(KEY, "add_query_comment", annotation_id=target, closed=change.flag)
+        elif change.op == "recode":
+            codings = emu.rows(KEY, "codings")
+            if codings:
+                emu.mutate(KEY, "recode", n=min(n, len(codings)), seed=change.seed)
+        elif change.op == "add_users":
+            emu.mutate(KEY, "add_users", n=n)
+        elif change.op == "deactivate_users":
+            if sum(1 for u in emu.rows(KEY, "users") if u.get("userActiveInStudy")) > 1:
+                emu.mutate(KEY, "deactivate_users", seed=change.seed)
+        elif change.op == "add_variables":
+            form = random.Random(change.seed).choice(emu.rows(KEY, "forms"))["formKey"]
+            emu.mutate(KEY, "add_variables", form_key=form)
+        elif change.op == "edit_forms":  # a new revision; a rename would leave copies stale
+            emu.mutate(KEY, "edit_forms", seed=change.seed)
         else:  # pragma: no cover - the strategy names every op above
             raise AssertionError(change.op)
 
