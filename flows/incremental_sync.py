@@ -33,8 +33,8 @@ from imednet_flows.cache.lock import exclusive_writer, lock_path
 from imednet_flows.cache.results import StudyResult
 from imednet_flows.cache.snapshots import SnapshotResult, snapshot_is_current
 from imednet_flows.cache.studies import Discovery, wants_discovery
-from imednet_flows.edc.client import Credentials
-from tasks.cache import discover_studies, snapshot_study, sync_study
+from imednet_flows.edc.client import Credentials, ImednetClient
+from tasks.cache import list_visible_studies, record_studies, snapshot_study, sync_study
 from tasks.client import aresolve_credentials, imednet_client
 
 CHANGED_EVENT = "imednet.sync.changed"
@@ -207,62 +207,64 @@ def _sync_job(
     max_concurrency: int,
 ) -> SyncRunResult:
     started = time.perf_counter()
-    try:
-        with exclusive_writer(cache, lock_timeout):
-            result = _run(
-                study_keys,
-                discover,
-                credentials,
-                cache,
-                snapshot_dir,
-                full_refresh,
-                overlap,
-                retention,
-                prune_missing,
-                max_concurrency,
+    with imednet_client(max_concurrency, credentials) as client:
+        # Studies are listed before the lock is taken: a key that sees none writes nothing.
+        listed = list_visible_studies(client) if discover else None
+        try:
+            with exclusive_writer(cache, lock_timeout):
+                result = _run(
+                    client,
+                    study_keys,
+                    listed,
+                    cache,
+                    snapshot_dir,
+                    full_refresh,
+                    overlap,
+                    retention,
+                    prune_missing,
+                )
+        except Timeout:
+            message = (
+                f"another sync holds {lock_path(cache)} (waited {lock_timeout:g}s); "
+                "this run changed nothing"
             )
-    except Timeout:
-        message = (
-            f"another sync holds {lock_path(cache)} (waited {lock_timeout:g}s); "
-            "this run changed nothing"
-        )
-        if on_lock_timeout == "fail":
-            raise RuntimeError(message + ". Raise lock_timeout or check for a stuck run.") from None
-        get_run_logger().warning("skipping: %s", message)
-        return SyncRunResult(skipped=True, reason=message)
+            if on_lock_timeout == "fail":
+                raise RuntimeError(
+                    message + ". Raise lock_timeout or check for a stuck run."
+                ) from None
+            get_run_logger().warning("skipping: %s", message)
+            return SyncRunResult(skipped=True, reason=message)
+        result.requests = client.requests
     result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
 def _run(
+    client: ImednetClient,
     study_keys: list[str],
-    discover: bool,
-    credentials: Credentials,
+    listed: list[dict[str, Any]] | None,
     cache: Path,
     snapshot_dir: Path,
     full_refresh: bool,
     overlap: float,
     retention: int,
     prune_missing: bool,
-    max_concurrency: int,
 ) -> SyncRunResult:
     result = SyncRunResult()
-    with imednet_client(max_concurrency, credentials) as client:
-        if discover:
-            found, pruned = discover_studies(client, str(cache), prune_missing)
-            study_keys = found.visible
-            _record_discovery(result, found, pruned)
-        futures = {
-            key: sync_study.submit(client, str(cache), key, full_refresh, overlap)
-            for key in dict.fromkeys(study_keys)
-        }
-        for key, future in futures.items():
-            try:
-                result.studies[key] = future.result()
-            except Exception as exc:  # other studies still get merged and snapshotted
-                result.failed[key] = str(exc)
-                result._errors[key] = exc
-        result.requests = client.requests
+    if listed is not None:
+        found, pruned = record_studies(str(cache), listed, prune_missing)
+        study_keys = found.visible
+        _record_discovery(result, found, pruned)
+    futures = {
+        key: sync_study.submit(client, str(cache), key, full_refresh, overlap)
+        for key in dict.fromkeys(study_keys)
+    }
+    for key, future in futures.items():
+        try:
+            result.studies[key] = future.result()
+        except Exception as exc:  # other studies still get merged and snapshotted
+            result.failed[key] = str(exc)
+            result._errors[key] = exc
     stale = _stale_snapshots(cache, snapshot_dir, list(result.studies))
     snapshots = {
         key: snapshot_study.submit(str(cache), key, str(snapshot_dir), retention) for key in stale

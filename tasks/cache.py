@@ -11,6 +11,7 @@ import contextlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -147,14 +148,19 @@ def snapshot_study(
     return result
 
 
-@task(name="discover-studies", cache_policy=NO_CACHE)
-def discover_studies(
-    client: ImednetClient, cache_path: str, prune_missing: bool
+@task(name="list-studies", cache_policy=NO_CACHE)
+def list_visible_studies(client: ImednetClient) -> list[dict[str, Any]]:
+    """GET /studies: every study the key can see (none is an error)."""
+    return list_studies(client)
+
+
+@task(name="record-studies", cache_policy=NO_CACHE)
+def record_studies(
+    cache_path: str, listed: list[dict[str, Any]], prune_missing: bool
 ) -> tuple[Discovery, list[str]]:
-    """Every study the key can see, recorded in the cache; those gone from the listing are
-    reported (and pruned from the cache only when asked). Returns (discovery, pruned)."""
+    """Keep the listing in the cache; studies gone from it are reported (and pruned from
+    the cache only when asked). Returns (discovery, pruned)."""
     logger = get_run_logger()
-    listed = list_studies(client)
     conn = connect(cache_path)
     try:
         with write_transaction(conn):

@@ -45,7 +45,8 @@ def wants_discovery(study_keys: list[str]) -> bool:
 
 
 def list_studies(client: ImednetClient) -> list[dict[str, Any]]:
-    """Every study the API key can see (GET /studies, all pages)."""
+    """Every study the API key can see (GET /studies, all pages); none is an error, raised
+    before anything is written."""
     studies: list[dict[str, Any]] = []
     page = 0
     while True:
@@ -55,8 +56,18 @@ def list_studies(client: ImednetClient) -> list[dict[str, Any]]:
         studies += [s for s in (payload.get("data") or []) if isinstance(s, dict)]
         total_pages = int((payload.get("pagination") or {}).get("totalPages") or 0)
         if page >= total_pages - 1:
-            return studies
+            break
         page += 1
+    if not any(isinstance(s.get("studyKey"), str) and s["studyKey"].strip() for s in studies):
+        raise _none_visible()
+    return studies
+
+
+def _none_visible() -> StudySelectionError:
+    return StudySelectionError(
+        "the API key can see no study (GET /studies is empty); nothing was written. Check "
+        "the key's study permissions in iMednet, or give study keys explicitly."
+    )
 
 
 @dataclass
@@ -78,10 +89,7 @@ def record_listing(conn: sqlite3.Connection, studies: list[dict[str, Any]], now:
     """Keep the listing in the cache (inside the caller's transaction) and compare it with
     what the cache knows."""
     if not studies:
-        raise StudySelectionError(
-            "the API key can see no study (GET /studies is empty); nothing was written. Check "
-            "the key's study permissions in iMednet, or give study keys explicitly."
-        )
+        raise _none_visible()
     listed: dict[str, dict[str, Any]] = {}
     for study in studies:
         key = study.get("studyKey")
