@@ -284,11 +284,11 @@ def test_killed_sync_does_not_block_the_next_run(
     crashed = run_deployment(
         SYNC,
         parameters=parameters,
-        job_variables={"env": {CRASH_ENV: "sync.after-structure", MARKER_ENV: str(marker)}},
+        job_variables={"env": {CRASH_ENV: "sync.after-fetch-forms", MARKER_ENV: str(marker)}},
         timeout=120,
         poll_interval=0.5,
     )
-    assert marker.read_text() == "sync.after-structure", tail(worker.log)
+    assert marker.read_text() == "sync.after-fetch-forms", tail(worker.log)
     assert crashed.state is not None and crashed.state.is_crashed(), crashed.state
     assert "SIGKILL" in (crashed.state.message or "")
 
