@@ -1,7 +1,8 @@
 """Three ways one flow starts another, shown on the project's own flows.
 
 (a) As a subflow: call the flow like a function inside another flow.
-    `weekly_review(study_key)` calls `incremental_sync` and then `get_open_queries`; both
+    `weekly_review(study_key)` calls `incremental_sync` (through `run_incremental_sync`, as
+    it is async) and then `get_open_queries`; both
     run in this process, as child runs of the review, and return their results directly.
     Use it when the parent needs the child's result and the child needs no other machine.
 
@@ -47,7 +48,7 @@ from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, Field
 
 from flows.common import StudyKey, documented
-from flows.incremental_sync import incremental_sync
+from flows.incremental_sync import run_incremental_sync
 from flows.open_queries import get_open_queries
 
 OPEN_QUERIES_DEPLOYMENT = "get-open-queries/open-queries-report"
@@ -55,7 +56,7 @@ OPEN_QUERIES_DEPLOYMENT = "get-open-queries/open-queries-report"
 
 class WeeklyReview(BaseModel):
     study_key: str
-    #: Entities of the study whose rows changed in this sync (inserted, updated or deleted).
+    #: Collections of the study whose rows changed in this sync (inserted, updated or deleted).
     changed: list[str]
     requests: int
     open_queries: int
@@ -86,14 +87,10 @@ def weekly_review(
     ] = "imednet-cache/snapshots",
 ) -> WeeklyReview:
     """Sync one study, then report its open queries: two subflows, one after the other."""
-    sync = incremental_sync([study_key], cache_path=cache_path, snapshot_dir=snapshot_dir)
+    sync = run_incremental_sync([study_key], cache_path=cache_path, snapshot_dir=snapshot_dir)
     queries = get_open_queries(study_key)
-    study = sync.studies.get(study_key, {})
-    changed = [
-        name
-        for name, e in study.get("entities", {}).items()
-        if any(e[k] for k in ("inserted", "updated", "soft_deleted", "hard_deleted"))
-    ]
+    study = sync.studies.get(study_key)
+    changed = study.changed_collections if study else []
     get_run_logger().info(
         "%s: changed %s; %d open queries",
         study_key,

@@ -1,64 +1,89 @@
 """Background Sync, as a scheduled flow instead of a thread loop.
 
-incremental_sync --> acquire FileLock --> per study, concurrently:
-    delta since watermark --> reconcile hard deletes --> merge (one transaction)
+incremental_sync --> acquire FileLock --> ["*"]? list the visible studies
+--> per study, concurrently: every collection since its watermark
+    --> reconcile hard deletes --> merge (one transaction)
 --> Parquet snapshots of changed studies --> release FileLock
---> artifact + `imednet.sync.changed` event per changed study
+--> artifact + `imednet.sync.changed` event per changed study (then fail, if one did)
+
+The flow is `async` so a run costs no more than its work: Prefect 3.9 ends every
+synchronous flow run by joining its heartbeat thread, which sleeps in one-second steps.
+Heartbeats stay on (they let the server spot crashed deployment runs). From synchronous
+code, call `run_incremental_sync(...)`; from async code, `await incremental_sync(...)`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from filelock import Timeout
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from prefect.events import emit_event
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from prefect.utilities.asyncutils import run_coro_as_sync
+from pydantic import BaseModel, Field, PrivateAttr
 
 from flows.common import Concurrency, artifact_key, documented, param
+from imednet_flows.cache.db import connect
 from imednet_flows.cache.lock import exclusive_writer, lock_path
-from imednet_flows.cache.schema import connect
-from imednet_flows.cache.snapshots import snapshot_is_current
-from tasks.cache import snapshot_study, sync_study
-from tasks.client import imednet_client
+from imednet_flows.cache.results import StudyResult
+from imednet_flows.cache.snapshots import SnapshotResult, snapshot_is_current
+from imednet_flows.cache.studies import Discovery, wants_discovery
+from imednet_flows.edc.client import Credentials, ImednetClient
+from tasks.cache import list_visible_studies, record_studies, snapshot_study, sync_study
+from tasks.client import aresolve_credentials, imednet_client
 
 CHANGED_EVENT = "imednet.sync.changed"
 COUNTS = ("inserted", "updated", "soft_deleted", "hard_deleted")
 
 
-def changed_resource(study_key: str, entities: dict[str, dict]) -> dict[str, str]:
-    """The event's resource. Which entities changed are labels, because deployment triggers
-    match labels, not payloads: the open-queries report can then fire only when queries
-    changed."""
-    resource = {"prefect.resource.id": f"imednet.study.{study_key}", "imednet.study-key": study_key}
-    for name, e in entities.items():
-        changed = any(e[k] for k in COUNTS)
-        resource[f"imednet.changed.{name}"] = "true" if changed else "false"
+def changed_resource(study: StudyResult) -> dict[str, str]:
+    """The event's resource. Which collections changed are labels, because deployment
+    triggers match labels, not payloads: the open-queries report can then fire only when
+    queries changed."""
+    key = study.study_key
+    resource = {"prefect.resource.id": f"imednet.study.{key}", "imednet.study-key": key}
+    for name, c in study.collections.items():
+        resource[f"imednet.changed.{name}"] = "true" if c.changed else "false"
     return resource
 
 
 class SyncRunResult(BaseModel):
     skipped: bool = False
     reason: str = ""
-    studies: dict[str, dict] = Field(default_factory=dict)
-    snapshots: dict[str, dict] = Field(default_factory=dict)
+    studies: dict[str, StudyResult] = Field(default_factory=dict)
+    snapshots: dict[str, SnapshotResult] = Field(default_factory=dict)
+    #: Studies that failed, with what went wrong (the run fails after publishing the rest).
+    failed: dict[str, str] = Field(default_factory=dict)
+    #: With study_keys=["*"]: what the API listed, and what the cache knew that it no longer
+    #: lists (kept in the cache unless pruned).
+    discovered: list[str] | None = None
+    missing_studies: list[str] = Field(default_factory=list)
+    pruned_studies: list[str] = Field(default_factory=list)
     requests: int = 0
     seconds: float = 0.0
+    #: The exceptions behind `failed`, kept for the error the run ends with (not serialised).
+    _errors: dict[str, BaseException] = PrivateAttr(default_factory=dict)
+
+
+class SyncFailed(RuntimeError):
+    """Some studies failed; the others were saved and published."""
 
 
 @flow(name="incremental-sync", task_runner=ThreadPoolTaskRunner(max_workers=8))
 @documented
-def incremental_sync(
+async def incremental_sync(
     study_keys: Annotated[
         list[Annotated[str, Field(min_length=1, pattern=r"\S")]],
         param(
             "Study keys",
             "Study keys to sync, e.g. PHX-101 (one per item; case-sensitive). The studies "
-            "are synced concurrently.",
+            "are synced concurrently. One item `*` syncs every study the API key can see, "
+            "listed again on each run.",
             min_length=1,
         ),
     ],
@@ -116,68 +141,130 @@ def incremental_sync(
         int,
         param("Snapshots kept", "Complete snapshot sets kept per study.", ge=1, le=100),
     ] = 5,
+    prune_missing_studies: Annotated[
+        bool,
+        param(
+            "Prune studies no longer listed",
+            'With study keys ["*"]: delete from the cache the studies the API no longer lists. '
+            "Off: they are kept and reported in the artifact and logs.",
+        ),
+    ] = False,
     max_concurrency: Concurrency = 4,
 ) -> SyncRunResult:
     """Bring the cache up to date with the API and publish Parquet snapshots."""
-    logger = get_run_logger()
-    started = time.perf_counter()
-    cache = Path(cache_path)
-    try:
-        with exclusive_writer(cache, lock_timeout):
-            result, failures = _run(
-                study_keys,
-                cache,
-                Path(snapshot_dir),
-                full_refresh,
-                overlap_seconds,
-                snapshot_retention,
-                max_concurrency,
-            )
-    except Timeout:
-        message = (
-            f"another sync holds {lock_path(cache)} (waited {lock_timeout:g}s); "
-            "this run changed nothing"
-        )
-        if on_lock_timeout == "fail":
-            raise RuntimeError(message + ". Raise lock_timeout or check for a stuck run.") from None
-        logger.warning("skipping: %s", message)
-        return SyncRunResult(skipped=True, reason=message)
-    result.seconds = round(time.perf_counter() - started, 3)
+    discover = wants_discovery(study_keys)  # a bad selection fails before anything is written
+    credentials = await aresolve_credentials()
+    # The work is blocking (HTTP, SQLite, Parquet): a thread keeps it off the flow's event
+    # loop; its tasks still run as task runs of this flow.
+    result = await asyncio.to_thread(
+        _sync_job,
+        study_keys,
+        discover,
+        credentials,
+        Path(cache_path),
+        Path(snapshot_dir),
+        full_refresh,
+        lock_timeout,
+        on_lock_timeout,
+        overlap_seconds,
+        snapshot_retention,
+        prune_missing_studies,
+        max_concurrency,
+    )
+    if result.skipped:
+        return result
     # Studies that succeeded are published even when others failed: their changes are in
     # the cache and snapshots, and downstream triggers must fire for them.
-    _publish(result, failures)
-    if failures:
-        summary = "; ".join(f"{k}: {e}" for k, e in failures.items())
-        total = len(set(failures) | set(result.studies))
-        raise RuntimeError(
-            f"sync failed for {len(failures)} of {total} studies "
+    await _publish(result)
+    if result.failed:
+        summary = "; ".join(f"{k}: {e}" for k, e in result.failed.items())
+        total = len(set(result.failed) | set(result.studies))
+        raise SyncFailed(
+            f"sync failed for {len(result.failed)} of {total} studies "
             f"({summary}). Studies that succeeded were saved and published."
-        ) from next(iter(failures.values()))
+        ) from next(iter(result._errors.values()), None)
+    return result
+
+
+def run_incremental_sync(*args: Any, **kwargs: Any) -> SyncRunResult:
+    """`incremental_sync` from synchronous code: plain Python or a synchronous flow (where it
+    runs as a subflow)."""
+    return run_coro_as_sync(incremental_sync(*args, **kwargs))
+
+
+def _sync_job(
+    study_keys: list[str],
+    discover: bool,
+    credentials: Credentials,
+    cache: Path,
+    snapshot_dir: Path,
+    full_refresh: bool,
+    lock_timeout: float,
+    on_lock_timeout: str,
+    overlap: float,
+    retention: int,
+    prune_missing: bool,
+    max_concurrency: int,
+) -> SyncRunResult:
+    started = time.perf_counter()
+    with imednet_client(max_concurrency, credentials) as client:
+        # Studies are listed before the lock is taken: a key that sees none writes nothing.
+        listed = list_visible_studies(client) if discover else None
+        try:
+            with exclusive_writer(cache, lock_timeout):
+                result = _run(
+                    client,
+                    study_keys,
+                    listed,
+                    cache,
+                    snapshot_dir,
+                    full_refresh,
+                    overlap,
+                    retention,
+                    prune_missing,
+                )
+        except Timeout:
+            message = (
+                f"another sync holds {lock_path(cache)} (waited {lock_timeout:g}s); "
+                "this run changed nothing"
+            )
+            if on_lock_timeout == "fail":
+                raise RuntimeError(
+                    message + ". Raise lock_timeout or check for a stuck run."
+                ) from None
+            get_run_logger().warning("skipping: %s", message)
+            return SyncRunResult(skipped=True, reason=message)
+        result.requests = client.requests
+    result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
 def _run(
+    client: ImednetClient,
     study_keys: list[str],
+    listed: list[dict[str, Any]] | None,
     cache: Path,
     snapshot_dir: Path,
     full_refresh: bool,
     overlap: float,
     retention: int,
-    max_concurrency: int,
-) -> tuple[SyncRunResult, dict[str, Exception]]:
+    prune_missing: bool,
+) -> SyncRunResult:
     result = SyncRunResult()
-    failures: dict[str, Exception] = {}
-    with imednet_client(max_concurrency) as client:
-        futures = {
-            key: sync_study.submit(client, str(cache), key, full_refresh, overlap)
-            for key in dict.fromkeys(study_keys)
-        }
-        for key, future in futures.items():
-            try:
-                result.studies[key] = future.result()
-            except Exception as exc:  # other studies still get merged and snapshotted
-                failures[key] = exc
-        result.requests = client.requests
+    if listed is not None:
+        found, pruned = record_studies(str(cache), listed, prune_missing)
+        study_keys = found.visible
+        _record_discovery(result, found, pruned)
+    futures = {
+        key: sync_study.submit(client, str(cache), key, full_refresh, overlap)
+        for key in dict.fromkeys(study_keys)
+    }
+    for key, future in futures.items():
+        try:
+            result.studies[key] = future.result()
+        except Exception as exc:  # other studies still get merged and snapshotted
+            result.failed[key] = str(exc)
+            result._errors[key] = exc
     stale = _stale_snapshots(cache, snapshot_dir, list(result.studies))
     snapshots = {
         key: snapshot_study.submit(str(cache), key, str(snapshot_dir), retention) for key in stale
@@ -186,8 +273,15 @@ def _run(
         try:
             result.snapshots[key] = future.result()
         except Exception as exc:  # the cache is saved; the next run publishes the snapshot
-            failures[key] = exc
-    return result, failures
+            result.failed[key] = f"its snapshot failed: {exc}"
+            result._errors[key] = exc
+    return result
+
+
+def _record_discovery(result: SyncRunResult, found: Discovery, pruned: list[str]) -> None:
+    result.discovered = found.visible
+    result.missing_studies = found.missing
+    result.pruned_studies = pruned
 
 
 def _stale_snapshots(cache: Path, snapshot_dir: Path, study_keys: list[str]) -> list[str]:
@@ -201,37 +295,45 @@ def _stale_snapshots(cache: Path, snapshot_dir: Path, study_keys: list[str]) -> 
         conn.close()
 
 
-def _publish(result: SyncRunResult, failures: dict[str, Exception]) -> None:
+async def _publish(result: SyncRunResult) -> None:
     rows: list[dict[str, object]] = []
     for key, study in result.studies.items():
-        for name, e in study["entities"].items():
+        for name, c in study.collections.items():
             rows.append(
                 {
                     "study": key,
-                    "entity": name,
-                    "inserted": e["inserted"],
-                    "updated": e["updated"],
-                    "soft-deleted": e["soft_deleted"],
-                    "hard-deleted": e["hard_deleted"],
-                    "unchanged": e["unchanged"],
-                    "requests": e["requests"],
-                    "watermark before": e["watermark_before"] or "",
-                    "watermark after": e["watermark_after"] or "",
+                    "collection": name,
+                    "inserted": c.inserted,
+                    "updated": c.updated,
+                    "soft-deleted": c.soft_deleted,
+                    "hard-deleted": c.hard_deleted,
+                    "unchanged": c.unchanged,
+                    "requests": c.requests,
+                    "watermark before": c.watermark_before or "",
+                    "watermark after": c.watermark_after or "",
+                    "note": f"SKIPPED: {c.skipped}" if c.skipped else "",
                 }
             )
-        if study["changed"]:
+        if study.changed:
             emit_event(
                 CHANGED_EVENT,
-                resource=changed_resource(key, study["entities"]),
-                payload={name: {k: e[k] for k in COUNTS} for name, e in study["entities"].items()},
+                resource=changed_resource(study),
+                payload={
+                    name: {k: getattr(c, k) for k in COUNTS}
+                    for name, c in study.collections.items()
+                },
             )
-    failed = "".join(f" FAILED {key}: {exc}." for key, exc in failures.items())
-    create_table_artifact(
+    notes = "".join(f" FAILED {key}: {why}." for key, why in result.failed.items())
+    if result.missing_studies:
+        gone = ", ".join(result.missing_studies)
+        kept = "pruned from the cache" if result.pruned_studies else "kept in the cache"
+        notes += f" No longer listed by the API: {gone} ({kept})."
+    await acreate_table_artifact(
         key=artifact_key("incremental-sync"),
         table=rows,
         description=(
             f"Sync of {len(result.studies)} study(ies): {result.requests} API "
             f"requests in {result.seconds:.1f}s; snapshots: "
-            f"{', '.join(result.snapshots) or 'none (nothing changed)'}.{failed}"
+            f"{', '.join(result.snapshots) or 'none (nothing changed)'}.{notes}"
         ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import subprocess
@@ -241,9 +242,12 @@ def _run_flow(flow_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a flow in this process, say which flow run recorded it, and return its result
     (raising its exception if it failed)."""
     _flow_console()  # a no-op when the command has set it up already
+    from prefect.utilities.asyncutils import run_coro_as_sync
     from prefect.utilities.urls import url_for
 
     state = flow_fn(*args, return_state=True, **kwargs)  # type: ignore[call-arg]
+    if inspect.isawaitable(state):  # an async flow (the sync is one)
+        state = run_coro_as_sync(state)
     run_id = state.state_details.flow_run_id
     url = url_for("flow-run", obj_id=run_id) if run_id else None
     _say(f"flow run {run_id} {state.name.lower()}" + (f": {url}" if url else ""))
@@ -263,7 +267,7 @@ def _study_keys(keys: list[str]) -> list[str]:
 
 
 def _cache_file(path: str, must_exist: bool = False) -> str:
-    from imednet_flows.cache.schema import CacheError, check_cache_path
+    from imednet_flows.cache.db import CacheError, check_cache_path
 
     try:
         checked = check_cache_path(path)
@@ -276,7 +280,18 @@ def _cache_file(path: str, must_exist: bool = False) -> str:
 
 @app.command()
 def sync(
-    study: Annotated[list[str], typer.Option("--study", help="Study key; repeat for several.")],
+    study: Annotated[
+        list[str] | None, typer.Option("--study", help="Study key; repeat for several.")
+    ] = None,
+    all_studies: Annotated[
+        bool, typer.Option(help="Every study the API key can see, listed again on each run.")
+    ] = False,
+    prune_missing_studies: Annotated[
+        bool,
+        typer.Option(
+            help="With --all-studies: delete from the cache studies the API no longer lists."
+        ),
+    ] = False,
     cache: CachePath = "imednet-cache/imednet.sqlite",
     snapshots: Annotated[
         str, typer.Option(help="Parquet snapshot folder.")
@@ -296,7 +311,11 @@ def sync(
     server starts first). Pages fetched show as progress bars on a terminal, as plain lines
     otherwise.
     """
-    _study_keys(study)
+    if all_studies == bool(study):
+        raise typer.BadParameter(
+            "give --study KEY (repeatable) or --all-studies, not both", param_hint="--study"
+        )
+    keys = ["*"] if all_studies else _study_keys(study or [])
     _cache_file(cache)
     _recording(always="sync")
     from flows.incremental_sync import incremental_sync
@@ -306,13 +325,14 @@ def sync(
         with cli_progress.shown():
             result = _run_flow(
                 incremental_sync,
-                study,
+                keys,
                 cache_path=cache,
                 snapshot_dir=snapshots,
                 full_refresh=full_refresh,
                 lock_timeout=lock_timeout,
                 on_lock_timeout="fail" if fail_if_locked else "skip",
                 overlap_seconds=overlap,
+                prune_missing_studies=prune_missing_studies,
             )
     except Exception as exc:
         raise _fail(exc) from None
@@ -321,10 +341,16 @@ def sync(
         raise typer.Exit(EXIT_SKIPPED)
     for key, study_result in result.studies.items():
         parts = [
-            f"{name} +{e['inserted']} ~{e['updated']} -{e['hard_deleted']}"
-            for name, e in study_result["entities"].items()
+            f"{name} +{c.inserted} ~{c.updated} -{c.hard_deleted}"
+            for name, c in study_result.collections.items()
+            if c.changed
         ]
-        typer.echo(f"{key}: {', '.join(parts)} ({study_result['requests']} requests)")
+        skipped = [f"{name} SKIPPED" for name in study_result.skipped_collections]
+        summary = ", ".join([*parts, *skipped]) or "no changes"
+        typer.echo(f"{key}: {summary} ({study_result.requests} requests)")
+    for key in result.missing_studies:
+        kept = "pruned from the cache" if key in result.pruned_studies else "kept in the cache"
+        typer.echo(f"{key}: no longer listed by the API ({kept})")
     typer.echo(f"{result.requests} requests in {result.seconds:.1f}s; cache {cache}")
 
 

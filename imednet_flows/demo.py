@@ -29,10 +29,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def _sync_line(result: Any) -> str:
     parts = []
-    for name, e in next(iter(result.studies.values()))["entities"].items():
+    for name, c in next(iter(result.studies.values())).collections.items():
         parts.append(
-            f"{name}: +{e['inserted']} new, {e['updated']} updated, "
-            f"{e['soft_deleted']} soft-deleted, {e['hard_deleted']} hard-deleted"
+            f"{name}: +{c.inserted} new, {c.updated} updated, "
+            f"{c.soft_deleted} soft-deleted, {c.hard_deleted} hard-deleted"
         )
     return "\n".join(f"   {p}" for p in parts)
 
@@ -63,13 +63,15 @@ def run_demo(subjects: int = 60, output: str = "demo-output") -> int:
         )
         # Imported here: importing Prefect flows is slow and `--help` should not pay for it.
         from flows.extract_records import extract_records_by_criteria
-        from flows.incremental_sync import incremental_sync
+        from flows.incremental_sync import run_incremental_sync
         from flows.open_queries import get_open_queries
         from flows.subject_data import get_all_subject_data
         from flows.upsert_records import create_or_update_records
 
         def sync() -> Any:
-            return incremental_sync(["DEMO"], cache_path=str(cache), snapshot_dir=str(snapshots))
+            return run_incremental_sync(
+                ["DEMO"], cache_path=str(cache), snapshot_dir=str(snapshots)
+            )
 
         _step("1. Incremental sync, first run (full)")
         first, seconds = _timed(sync)

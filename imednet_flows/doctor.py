@@ -22,8 +22,8 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.table import Table
 
+from imednet_flows.cache.collections import QUERIES, RECORDS, SUBJECTS, VISITS, Collection
 from imednet_flows.cache.reconcile import ID_CEILING
-from imednet_flows.cache.schema import INCREMENTAL, RECORDS, EntitySpec, canonical_ts
 from imednet_flows.edc.client import API_ROOT, ImednetClient, study_path
 from imednet_flows.edc.errors import ImednetFlowsError
 from imednet_flows.edc.paging import scoped_filter
@@ -45,7 +45,8 @@ from imednet_flows.edc.server_checks import (
     check_split,
     inspect_listing,
 )
-from imednet_flows.filter_syntax import format_timestamp, parse_timestamp
+from imednet_flows.filter_syntax import parse_timestamp
+from imednet_flows.timestamps import canonical_ts, format_timestamp
 
 #: One retry per request: a transient fault is told apart from a broken server, and the
 #: doctor's 10 planned requests stay within 20 however the server answers.
@@ -114,7 +115,7 @@ class _Exam:
         except ServerContractError as error:
             self.failed(error)
 
-    def get(self, spec: EntitySpec, size: int, *terms: str) -> tuple[Any, Asked]:
+    def get(self, spec: Collection, size: int, *terms: str) -> tuple[Any, Asked]:
         """One page as the sync asks for it: page 0, the filter scoped by studyKey==K."""
         path = study_path(self.study_key, spec.route)
         text = scoped_filter(spec.route, self.study_key, [list(terms)])
@@ -122,7 +123,7 @@ class _Exam:
         asked = Asked.of(path, params)
         return self.client.get(path, params, what=str(asked)), asked
 
-    def page(self, check: str, spec: EntitySpec, size: int, *terms: str) -> Listing | None:
+    def page(self, check: str, spec: Collection, size: int, *terms: str) -> Listing | None:
         """GET one page and run every per-response check on it. An HTTP failure counts
         against `check`, the assumption the request was sent to test."""
         self.tested.update((check, CLOCK, TOTALS, PAGE_SIZE))
@@ -162,9 +163,8 @@ def diagnose(client: ImednetClient, study_key: str | None) -> list[Finding]:
     findings.append(Finding(STUDY_ACCESS, "pass", f"the keys can read study {study_key}"))
     exam.tested.update((CLOCK, TOTALS, PAGE_SIZE))
     inspect_listing(first_page, asked, exam.failed, RECORDS.id_field)
-    for spec in INCREMENTAL:
-        if spec is not RECORDS:
-            exam.page(TOTALS, spec, SMALL_PAGE)
+    for spec in (SUBJECTS, VISITS, QUERIES):
+        exam.page(TOTALS, spec, SMALL_PAGE)
     full = exam.page(PAGE_SIZE, RECORDS, FULL_PAGE)
     if full is None or not full.items:
         for check in (SINCE, ID_FILTER):

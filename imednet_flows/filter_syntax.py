@@ -1,4 +1,4 @@
-"""The iMednet filter grammar (CONTRACT.md section 4) and the API's timestamp forms.
+"""The iMednet filter grammar (docs/api-behaviour.md) and timestamps as filter values.
 
 Shared by the emulator, which evaluates filters, and by the flows, which build
 them: both must agree on quoting, precedence and what a timestamp looks like.
@@ -9,8 +9,10 @@ import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Final
+
+from imednet_flows.timestamps import BadTimestamp, parse_instant
 
 Comparison = Callable[[Any, Any], bool]
 
@@ -158,58 +160,6 @@ def _snippet_before(text: str, pos: int) -> str:
 
 # --------------------------------------------------------------------------- timestamps
 
-_TIMESTAMP_RE: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
-    r"(?:[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})?)?"
-)
-
-
-class BadTimestamp(Exception):
-    """Why a timestamp was rejected; callers word the FilterError for their context."""
-
-
-def parse_instant(value: str) -> tuple[datetime, bool]:
-    """Parse `value` to a UTC datetime plus "has a non-zero sub-second part".
-
-    The flag is computed from the digits, not from the microseconds kept in the datetime, so a
-    fraction below one microsecond still counts when deciding how it compares to whole seconds.
-    Beyond the contract's forms, the space form may carry a fraction and an offset too: that is
-    what `str(datetime)` produces when the SDK sends a datetime unquoted.
-    """
-    match = _TIMESTAMP_RE.fullmatch(value)
-    if match is None:
-        raise BadTimestamp(
-            "accepted forms are YYYY-MM-DD HH:MM:SS, "
-            "YYYY-MM-DDTHH:MM:SS[.fff](Z|+hh:mm|-hh:mm) and YYYY-MM-DD"
-        )
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    digits = fraction or ""
-    try:
-        parsed = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour or 0),
-            int(minute or 0),
-            int(second or 0),
-            int(digits[:6].ljust(6, "0")),
-            tzinfo=_zone(zone),
-        ).astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise BadTimestamp(str(exc)) from None
-    return parsed, digits.strip("0") != ""
-
-
-def _zone(zone: str | None) -> timezone:
-    """A missing zone means UTC: the API's canonical form carries none and is UTC by contract."""
-    if zone is None or zone == "Z":
-        return UTC
-    sign = -1 if zone[0] == "-" else 1
-    offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    if offset >= timedelta(hours=24) or int(zone[4:6]) >= 60:
-        raise ValueError(f"offset {zone} out of range")
-    return timezone(sign * offset)
-
 
 def parse_timestamp(value: str) -> datetime:
     """Parse any accepted timestamp form to an aware UTC datetime.
@@ -221,19 +171,6 @@ def parse_timestamp(value: str) -> datetime:
         return parse_instant(value)[0]
     except BadTimestamp as exc:
         raise FilterError(f"invalid timestamp {value!r}: {exc}") from None
-
-
-def format_timestamp(dt: datetime) -> str:
-    """Canonical API form 'YYYY-MM-DD HH:MM:SS' in UTC; naive input is taken as UTC.
-
-    Built field by field rather than with strftime because glibc's `%Y` does not pad years
-    below 1000, and a fixed-width form is what makes string order equal chronological order.
-    """
-    utc = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
-    )
 
 
 # --------------------------------------------------------------------------- building filters

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from imednet_flows.values import arrow_type, coerce
+from imednet_flows.timestamps import to_datetime
+from imednet_flows.values import (
+    TIMESTAMP,
+    arrow_type,
+    as_text_array,
+    blank_to_null,
+    cast_text,
+    coerce,
+    field_column,
+)
 
 Row = dict[str, Any]
 
@@ -26,21 +34,15 @@ RECORD_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("recordStatus", pa.string()),
     ("recordType", pa.string()),
     ("deleted", pa.bool_()),
-    ("dateCreated", pa.timestamp("s", tz="UTC")),
-    ("dateModified", pa.timestamp("s", tz="UTC")),
+    ("dateCreated", TIMESTAMP),
+    ("dateModified", TIMESTAMP),
 ]
 _META = {name for name, _ in RECORD_COLUMNS}
 
 
 def parse_ts(value: Any) -> datetime | None:
     """The API's 'YYYY-MM-DD HH:MM:SS' (UTC) as an aware datetime; blanks are None."""
-    if not value or not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return to_datetime(value)
 
 
 def variable_columns(
@@ -67,18 +69,6 @@ def variable_columns(
     return [(f"var_{n}" if n in _META else n, t) for n, t in seen.items()]
 
 
-def _timestamps(values: list[Any]) -> pa.Array:
-    """The API's canonical stamps parse in Arrow at C speed; anything else goes one by one."""
-    stamp = pa.timestamp("s", tz="UTC")
-    try:
-        parsed = pc.strptime(
-            pa.array(values, pa.string()), format="%Y-%m-%d %H:%M:%S", unit="s", error_is_null=False
-        )
-        return parsed.cast(stamp)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([parse_ts(v) for v in values], stamp)
-
-
 def records_table(
     records: list[Row], variables: Iterable[Row], form_keys: Iterable[str] | None = None
 ) -> pa.Table:
@@ -91,8 +81,7 @@ def records_table(
     columns = variable_columns(variables, form_keys)
     arrays: dict[str, Any] = {}
     for name, kind in RECORD_COLUMNS:
-        values = [record.get(name) for record in records]
-        arrays[name] = _timestamps(values) if pa.types.is_timestamp(kind) else values
+        arrays[name] = field_column([record.get(name) for record in records], kind)
     by_key: dict[str, tuple[str, list[Any]]] = {}
     for name, vtype in columns:
         key = name[4:] if name.startswith("var_") and name[4:] in _META else name
@@ -111,16 +100,17 @@ def records_table(
     return pa.Table.from_pydict(arrays, schema=pa.schema(fields))
 
 
-def typed_column(values: list[Any], variable_type: str) -> pa.Array:
-    """Values as read (strings) cast by Arrow in one call; a column holding anything Arrow
-    will not cast (typed JSON echoed back, '12.0', stray text, or strings and typed JSON
-    mixed) goes value by value through `coerce`, which turns what does not fit into None.
-    Either way a blank is None, so the path taken never shows in the result."""
+def typed_column(values: list[Any] | pa.Array, variable_type: str) -> pa.Array:
+    """A variable's values cast by Arrow in one call where they are all text of a form
+    whose cast agrees with `coerce`; a column holding anything else (typed JSON echoed
+    back, '12.0', stray text, or strings and typed JSON mixed) goes value by value through
+    `coerce`, which turns what does not fit into None. Either way a blank is None, so the
+    path taken never shows in the result."""
     kind = arrow_type(variable_type)
-    try:
-        raw = pa.array(values, pa.string())
-        if kind != pa.string():
-            return raw.cast(kind)
-        return pc.if_else(pc.equal(raw, ""), pa.scalar(None, pa.string()), raw)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return pa.array([coerce(v, variable_type) for v in values], kind)
+    text = as_text_array(values)
+    if text is not None:
+        cast = cast_text(blank_to_null(text.cast(pa.string())), variable_type)
+        if cast is not None:
+            return cast
+    python = values.to_pylist() if isinstance(values, pa.Array) else values
+    return pa.array([coerce(v, variable_type) for v in python], kind)

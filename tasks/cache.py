@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from imednet_flows.cache.schema import connect
-from imednet_flows.cache.snapshots import write_snapshot
-from imednet_flows.cache.sync import EntityResult, StudySync, merge_into
+from imednet_flows.cache.db import connect, write_transaction
+from imednet_flows.cache.merge import merge_into
+from imednet_flows.cache.results import StudyResult
+from imednet_flows.cache.snapshots import SnapshotResult, write_snapshot
+from imednet_flows.cache.studies import Discovery, list_studies, prune, record_listing
+from imednet_flows.cache.sync import StudySync
 from imednet_flows.edc.client import ImednetClient
 from imednet_flows.progress import study_pages
+from imednet_flows.timestamps import format_timestamp
 
 
 class ProgressReporter:
@@ -48,15 +54,15 @@ class ProgressReporter:
             self._last = now
             self._update(100.0 * page / total_pages, f"Sync of {self.study_key}: {self.where}")
 
-    def done(self, entities: dict[str, EntityResult]) -> None:
-        changed = sum(
-            e.inserted + e.updated + e.soft_deleted + e.hard_deleted for e in entities.values()
-        )
-        requests = sum(e.requests for e in entities.values())
+    def done(self, result: StudyResult) -> None:
+        collections = result.collections.values()
+        changed = sum(c.inserted + c.updated + c.soft_deleted + c.hard_deleted for c in collections)
+        skipped = len(result.skipped_collections)
         self._update(
             100.0,
-            f"Sync of {self.study_key} done: {len(entities)} entities, {self.pages} pages, "
-            f"{requests} requests, {changed} rows changed",
+            f"Sync of {self.study_key} done: {len(result.collections) - skipped} collections"
+            f"{f' ({skipped} skipped)' if skipped else ''}, {self.pages} pages, "
+            f"{result.requests} requests, {changed} rows changed",
         )
 
     def failed(self, exc: BaseException) -> None:
@@ -80,7 +86,7 @@ def sync_study(
     study_key: str,
     full_refresh: bool = False,
     overlap_seconds: float = 30.0,
-) -> dict:
+) -> StudyResult:
     """Download what changed in one study and merge it in one transaction."""
     logger = get_run_logger()
     progress = ProgressReporter(study_key)
@@ -100,43 +106,78 @@ def sync_study(
         raise
     finally:
         sync.close()
-    progress.done(result.entities)
-    for name, e in result.entities.items():
+    progress.done(result)
+    for name, c in result.collections.items():
+        if c.skipped:
+            logger.warning("%s %s skipped: %s", study_key, name, c.skipped)
+            continue
         logger.info(
             "%s %s: %d fetched, +%d new, %d updated, %d soft-deleted, %d hard-deleted"
             ", %d requests; watermark %s -> %s",
             study_key,
             name,
-            e.fetched,
-            e.inserted,
-            e.updated,
-            e.soft_deleted,
-            e.hard_deleted,
-            e.requests,
-            e.watermark_before,
-            e.watermark_after,
+            c.fetched,
+            c.inserted,
+            c.updated,
+            c.soft_deleted,
+            c.hard_deleted,
+            c.requests,
+            c.watermark_before,
+            c.watermark_after,
         )
-    return result.as_dict()
+    return result
 
 
 @task(name="snapshot-study", task_run_name="snapshot-study[{study_key}]", cache_policy=NO_CACHE)
-def snapshot_study(cache_path: str, study_key: str, snapshot_dir: str, retention: int) -> dict:
+def snapshot_study(
+    cache_path: str, study_key: str, snapshot_dir: str, retention: int
+) -> SnapshotResult:
     conn = connect(cache_path, readonly=True)
     try:
         result = write_snapshot(conn, study_key, snapshot_dir, retention=retention)
     finally:
         conn.close()
     get_run_logger().info(
-        "snapshot of %s at %s: %d file(s) written, %d reused",
+        "snapshot of %s at %s: %d file(s) written (%d bytes), %d reused",
         study_key,
         result.path,
         len(result.files_written),
+        result.bytes_written,
         len(result.files_reused),
     )
-    return {
-        "path": str(result.path),
-        "files_written": len(result.files_written),
-        "files_reused": len(result.files_reused),
-        "rows": result.rows,
-        "seconds": round(result.seconds, 3),
-    }
+    return result
+
+
+@task(name="list-studies", cache_policy=NO_CACHE)
+def list_visible_studies(client: ImednetClient) -> list[dict[str, Any]]:
+    """GET /studies: every study the key can see (none is an error)."""
+    return list_studies(client)
+
+
+@task(name="record-studies", cache_policy=NO_CACHE)
+def record_studies(
+    cache_path: str, listed: list[dict[str, Any]], prune_missing: bool
+) -> tuple[Discovery, list[str]]:
+    """Keep the listing in the cache; studies gone from it are reported (and pruned from
+    the cache only when asked). Returns (discovery, pruned)."""
+    logger = get_run_logger()
+    conn = connect(cache_path)
+    try:
+        with write_transaction(conn):
+            found = record_listing(conn, listed, format_timestamp(datetime.now(UTC)))
+            pruned = found.missing if prune_missing else []
+            if pruned:
+                prune(conn, pruned)
+    finally:
+        conn.close()
+    logger.info("the key sees %d study(ies): %s", len(found.visible), ", ".join(found.visible))
+    for key in found.missing:
+        if key in pruned:
+            logger.warning("study %s is no longer listed by the API: pruned from the cache", key)
+        else:
+            logger.warning(
+                "study %s is no longer listed by the API; its cached rows are kept "
+                "(prune_missing_studies=True removes them)",
+                key,
+            )
+    return found, pruned

@@ -28,28 +28,50 @@ BASE_URL_VARIABLE = "imednet-base-url"
 DEFAULT_CONCURRENCY = 4
 
 
-def _secret(env: str, block: str) -> str:
-    value = os.environ.get(env, "").strip()
-    if value:
-        return value
-    try:
-        return str(Secret.load(block).get()).strip()  # type: ignore[union-attr]
-    except ValueError:
-        raise ImednetFlowsError(
-            f"no iMednet credential: set the environment variable {env} or create the Prefect "
-            f"Secret block '{block}' (`imednet-flows configure` does it)."
-        ) from None
+#: (environment variable, Secret block) of each key, in the order they are looked up.
+KEYS = (("IMEDNET_API_KEY", API_KEY_BLOCK), ("IMEDNET_SECURITY_KEY", SECURITY_KEY_BLOCK))
+BASE_URL_ENV = "IMEDNET_BASE_URL"
+
+
+def _env(name: str) -> str:
+    return os.environ.get(name, "").strip()
+
+
+def _missing(env: str, block: str) -> ImednetFlowsError:
+    return ImednetFlowsError(
+        f"no iMednet credential: set the environment variable {env} or create the Prefect "
+        f"Secret block '{block}' (`imednet-flows configure` does it)."
+    )
 
 
 def resolve_credentials() -> Credentials:
-    base_url = os.environ.get("IMEDNET_BASE_URL", "").strip() or None
-    if base_url is None:
-        base_url = Variable.get(BASE_URL_VARIABLE, default=None) or None
-    return Credentials(
-        base_url=base_url,
-        api_key=_secret("IMEDNET_API_KEY", API_KEY_BLOCK),
-        security_key=_secret("IMEDNET_SECURITY_KEY", SECURITY_KEY_BLOCK),
-    )
+    keys = []
+    for env, block in KEYS:
+        value = _env(env)
+        if not value:
+            try:
+                value = str(Secret.load(block).get()).strip()  # type: ignore[union-attr]
+            except ValueError:
+                raise _missing(env, block) from None
+        keys.append(value)
+    base_url = _env(BASE_URL_ENV) or Variable.get(BASE_URL_VARIABLE, default=None) or None
+    return Credentials(base_url, *keys)
+
+
+async def aresolve_credentials() -> Credentials:
+    """The same lookup from async code: in an async flow Prefect's block and variable calls
+    must be awaited."""
+    keys = []
+    for env, block in KEYS:
+        value = _env(env)
+        if not value:
+            try:
+                value = str((await Secret.aload(block)).get()).strip()
+            except ValueError:
+                raise _missing(env, block) from None
+        keys.append(value)
+    base_url = _env(BASE_URL_ENV) or await Variable.aget(BASE_URL_VARIABLE, default=None) or None
+    return Credentials(base_url, *keys)
 
 
 def default_concurrency() -> int:
@@ -57,9 +79,13 @@ def default_concurrency() -> int:
 
 
 @contextmanager
-def imednet_client(max_concurrency: int | None = None) -> Iterator[ImednetClient]:
-    """A client for one flow run; its semaphore bounds every API task of the run."""
-    credentials = resolve_credentials()
+def imednet_client(
+    max_concurrency: int | None = None, credentials: Credentials | None = None
+) -> Iterator[ImednetClient]:
+    """A client for one flow run; its semaphore bounds every API task of the run.
+    `credentials`: already resolved (an async flow resolves them with
+    `aresolve_credentials`); else looked up here."""
+    credentials = credentials or resolve_credentials()
     client = ImednetClient(
         credentials,
         max_concurrency=max_concurrency or default_concurrency(),

@@ -22,7 +22,7 @@ from imednet_flows.edc.validation import (
     value_problem,
 )
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, Emulator, EmulatorServer
-from imednet_flows.filter_syntax import format_timestamp
+from imednet_flows.timestamps import format_timestamp
 from tests.conftest import SMALL
 from tests.upsert_helpers import same_value
 

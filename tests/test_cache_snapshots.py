@@ -1,40 +1,60 @@
-"""Parquet snapshots: layout, readability by other engines, types, reuse, retention,
-path safety, crash safety and bounded memory. No server and no Prefect: generated study
-data is loaded straight into a temporary cache."""
+"""Parquet snapshots of cache v3: every collection and every form as a directory of parts,
+equal to the cache's rows, readable by pandas, pyarrow, DuckDB and Polars; incremental
+sets that rewrite only the parts holding changed rows and equal a from-scratch build;
+retention, path safety, crash safety and bounded memory. No server and no Prefect: caches
+are filled the way a merge fills them (`tests.cache_helpers`)."""
 
 from __future__ import annotations
 
 import gc
 import json
-import math
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import tracemalloc
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import orjson
 import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from imednet_flows.cache import schema, snapshots, store
+from imednet_flows.cache import arrow, store
+from imednet_flows.cache.collections import BY_NAME, COLLECTIONS, VARIABLES
+from imednet_flows.cache.db import connect, write_transaction
 from imednet_flows.cache.snapshots import (
     LATEST,
+    MANIFEST,
     UnsafeSnapshotPath,
+    complete_sets,
     latest_snapshot,
+    paths,
     read_manifest,
     safe_name,
+    snapshot_is_current,
     study_path,
     write_snapshot,
+    writer,
 )
+from imednet_flows.cache.snapshots.writer import SnapshotResult
 from imednet_flows.emulator.seed import StudyData, StudySpec, generate_study
+from imednet_flows.frames import RECORD_COLUMNS, records_table
 from imednet_flows.values import coerce
+from tests.cache_helpers import change, items_of, load_study
 
 KEY = "SNAP-1"
 SPEC = StudySpec(study_key=KEY, study_id=3, seed=5, subjects=24, soft_deleted_rate=0.05)
-TOP_FILES = ("records.parquet", "subjects.parquet", "visits.parquet", "queries.parquet")
+#: Small parts, so a study of 288 records has several and a few edits touch a few.
+PART = 32
 EXPECTED_TYPES = {
     "TEXT": pa.string(),
     "MEMO": pa.string(),
@@ -46,30 +66,15 @@ EXPECTED_TYPES = {
 }
 
 
-def load(conn: sqlite3.Connection, data: StudyData, study_key: str) -> None:
-    """What a sync run commits, minus the network: every entity plus form versions."""
-    with store.write_transaction(conn):
-        for spec, items in (
-            (schema.RECORDS, data.records),
-            (schema.SUBJECTS, data.subjects),
-            (schema.VISITS, data.visits),
-            (schema.QUERIES, data.queries),
-            (schema.FORMS, data.forms),
-            (schema.VARIABLES, data.variables),
-        ):
-            store.upsert(conn, spec, study_key, items)
-        store.bump_form_versions(conn, study_key, {r["formKey"] for r in data.records})
-
-
 @pytest.fixture(scope="module")
 def data() -> StudyData:
     return generate_study(SPEC)
 
 
 @pytest.fixture
-def conn(tmp_path: Path, data: StudyData) -> sqlite3.Connection:
-    connection = schema.connect(tmp_path / "cache.db")
-    load(connection, data, KEY)
+def conn(tmp_path: Path, data: StudyData) -> Iterator[sqlite3.Connection]:
+    connection = connect(tmp_path / "cache.db")
+    load_study(connection, data, KEY)
     yield connection
     connection.close()
 
@@ -79,226 +84,501 @@ def snap_dir(tmp_path: Path) -> Path:
     return tmp_path / "snapshots"
 
 
-def forms_with_records(data: StudyData) -> list[str]:
-    return sorted({r["formKey"] for r in data.records})
+def snap(conn: sqlite3.Connection, snap_dir: Path, **kwargs: Any) -> SnapshotResult:
+    return write_snapshot(conn, KEY, snap_dir, part_rows=PART, **kwargs)
 
 
-def edit_form(conn: sqlite3.Connection, data: StudyData, form_key: str) -> None:
-    """Change one record of a form the way a sync does: upsert and bump its version."""
-    record = dict(next(r for r in data.records if r["formKey"] == form_key))
-    record["recordStatus"] = "Edited"
-    record["dateModified"] = "2026-01-01 00:00:00"
-    with store.write_transaction(conn):
-        store.upsert(conn, schema.RECORDS, KEY, [record])
-        store.bump_form_versions(conn, KEY, [form_key])
+def tables(set_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every table of a set by its path in the set, from the manifest."""
+    manifest = read_manifest(set_dir)
+    return {e["file"]: e for e in [*manifest["collections"].values(), *manifest["forms"].values()]}
 
 
-def tmp_leftovers(study_dir: Path) -> list[str]:
-    return [p.name for p in study_dir.iterdir() if p.name.startswith(".")]
+def inodes(set_dir: Path, rel: str) -> dict[Any, int]:
+    """Inode of each part of a table, keyed by the lower bound of its id range."""
+    entry = tables(set_dir)[rel]
+    return {p["lo"]: os.stat(set_dir / rel / p["file"]).st_ino for p in entry["parts"]}
+
+
+def cache_rows(conn: sqlite3.Connection, collection: str) -> list[tuple[Any, str]]:
+    spec = BY_NAME[collection]
+    return conn.execute(
+        f"SELECT {spec.id_column}, raw FROM {spec.table} WHERE study_key=? "
+        f"ORDER BY {spec.id_column}",
+        (KEY,),
+    ).fetchall()
+
+
+def by_table(records: list[dict[str, Any]]) -> dict[str, set[int]]:
+    """Record ids per table that holds them: records.parquet and their forms' tables."""
+    out: dict[str, set[int]] = {"records.parquet": {r["recordId"] for r in records}}
+    for r in records:
+        out.setdefault(f"forms/{r['formKey']}.parquet", set()).add(r["recordId"])
+    return out
+
+
+def parts_holding(set_dir: Path, rel: str, ids: set[int]) -> set[int]:
+    """Indexes of the parts of a table whose id ranges hold `ids`."""
+    bounds = [p["lo"] for p in tables(set_dir)[rel]["parts"][1:]]
+    return {sum(i >= b for b in bounds) for i in ids}
+
+
+def assert_same_tables(left: Path, right: Path) -> None:
+    """Two sets hold the same tables with the same rows and values, whatever their parts."""
+    assert set(tables(left)) == set(tables(right))
+    for rel in tables(left):
+        a, b = pq.read_table(left / rel), pq.read_table(right / rel)
+        assert a.schema == b.schema, rel
+        assert a.equals(b), rel
+
+
+def scratch(conn: sqlite3.Connection, tmp_path: Path, name: str = "scratch") -> Path:
+    """The same cache snapshotted with no earlier set: the reference an incremental set
+    must equal."""
+    return snap(conn, tmp_path / name).path
+
+
+def edited(items: list[dict[str, Any]], **values: Any) -> list[dict[str, Any]]:
+    return [{**item, **values} for item in items]
 
 
 # --------------------------------------------------------------------------------------
-# Layout
+# Layout and content
 # --------------------------------------------------------------------------------------
 
 
-def test_layout_and_latest_symlink(conn: sqlite3.Connection, data: StudyData, snap_dir: Path):
+def test_layout_manifest_and_latest_symlink(
+    conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
     assert latest_snapshot(snap_dir, KEY) is None
-    result = write_snapshot(conn, KEY, snap_dir)
+    result = snap(conn, snap_dir)
     study_dir = snap_dir / KEY
     link = study_dir / LATEST
-    assert link.is_symlink()
-    assert os.readlink(link) == result.name  # relative: the tree can be moved or mounted
+    assert link.is_symlink() and os.readlink(link) == result.name  # relative
     assert latest_snapshot(snap_dir, KEY) == result.path.resolve()
-    assert result.path.parent == study_dir.resolve()
-    assert snapshots._set_key(result.name) is not None  # named by run time, e.g. 20261129T..Z
-
-    for name in TOP_FILES:
-        assert (link / name).is_file()
-    all_forms = {f["formKey"] for f in data.forms}
-    assert {p.stem for p in (link / "forms").iterdir()} == all_forms
-    assert tmp_leftovers(study_dir) == []
+    assert paths.set_key(result.name) is not None  # named by run time
+    assert [p.name for p in study_dir.iterdir() if p.name.startswith(".")] == []
 
     manifest = read_manifest(link)
-    assert manifest["study_key"] == KEY
-    assert manifest["created"].endswith("Z")
-    assert manifest["rows"] == {
-        "records": len(data.records),
-        "subjects": len(data.subjects),
-        "visits": len(data.visits),
-        "queries": len(data.queries),
-    }
-    assert set(manifest["forms"]) == all_forms
+    assert manifest["study_key"] == KEY and manifest["created"].endswith("Z")
+    assert manifest["data_version"] == result.data_version == 1
+    assert list(manifest["collections"]) == [c.name for c in COLLECTIONS]
+    for spec in COLLECTIONS:
+        entry = manifest["collections"][spec.name]
+        assert entry["file"] == f"{spec.name}.parquet" and (link / entry["file"]).is_dir()
+        expected = len(items_of(data, spec.name))
+        assert entry["rows"] == sum(p["rows"] for p in entry["parts"]) == expected, spec.name
+        assert manifest["rows"][spec.name] == result.rows[spec.name] == expected
+        parts = sorted(p.name for p in (link / entry["file"]).iterdir())
+        assert parts == [p["file"] for p in entry["parts"]]  # names sort in id order
+    assert set(manifest["forms"]) == {f["formKey"] for f in data.forms}
     for form_key, entry in manifest["forms"].items():
-        expected = sum(r["formKey"] == form_key for r in data.records)
-        assert entry["rows"] == expected == result.form_rows[form_key]
-        assert entry["version"] == (1 if expected else None)
-        assert len(entry["variables_signature"]) == 16
-    assert set(result.files_written) == {
-        *TOP_FILES,
-        *(f"forms/{k}.parquet" for k in all_forms),
-    }
-    assert result.files_reused == []
-    assert result.seconds >= 0
+        rows = sum(r["formKey"] == form_key for r in data.records)
+        assert entry["rows"] == result.form_rows[form_key] == rows
+        assert entry["file"] == f"forms/{form_key}.parquet"
+    written = {f.rsplit("/", 1)[0] for f in result.files_written}
+    assert written == set(tables(link))
+    assert result.files_reused == [] and result.rebuilt == "there is no earlier complete set"
+    assert result.bytes_written == sum(p.stat().st_size for p in link.rglob("part-*.parquet"))
+    # Parts are shared between sets by hard links: nobody should edit one in place.
+    assert all(p.stat().st_mode & 0o222 == 0 for p in link.rglob("part-*.parquet"))
 
 
-def test_refuses_connection_inside_transaction(conn: sqlite3.Connection, snap_dir: Path):
-    conn.execute("BEGIN")
-    with pytest.raises(RuntimeError, match="outside any transaction"):
-        write_snapshot(conn, KEY, snap_dir)
-    conn.execute("ROLLBACK")
-
-
-# --------------------------------------------------------------------------------------
-# Readable everywhere, typed as promised
-# --------------------------------------------------------------------------------------
-
-
-def test_every_file_readable_by_pandas_duckdb_polars(
+def test_every_collection_file_equals_the_cache_rows(
     conn: sqlite3.Connection, data: StudyData, snap_dir: Path
 ):
-    result = write_snapshot(conn, KEY, snap_dir)
-    manifest = read_manifest(result.path)
-    expected = {name: manifest["rows"][name.removesuffix(".parquet")] for name in TOP_FILES}
-    for form_key, entry in manifest["forms"].items():
-        expected[f"forms/{form_key}.parquet"] = entry["rows"]
+    """Ids in order, raw as cached, and each typed field the value of the API's JSON."""
+    result = snap(conn, snap_dir)
+    for spec in COLLECTIONS:
+        table = pq.read_table(result.path / f"{spec.name}.parquet")
+        names = [n for n, _ in spec.fields] + [n for n, _, _ in spec.derived] + ["raw"]
+        assert table.column_names == names, spec.name
+        rows = cache_rows(conn, spec.name)
+        assert table[spec.id_field].to_pylist() == [r[0] for r in rows], spec.name
+        assert table["raw"].to_pylist() == [r[1] for r in rows], spec.name
+        got = table.to_pylist()
+        for row, (_, raw) in zip(got, rows, strict=True):
+            item = orjson.loads(raw)
+            for name, kind in spec.fields:
+                assert row[name] == expected_field(item.get(name), kind), (spec.name, name)
+            for name, _, function in spec.derived:
+                assert row[name] == (None if function(item) is None else bool(function(item)))
+    queries = pq.read_table(result.path / "queries.parquet")
+    assert queries.schema.field("isOpen").type == pa.bool_()
+    assert set(queries["isOpen"].to_pylist()) == {True, False, None}  # all three kinds
+    stamps = pq.read_table(result.path / "records.parquet").schema.field("dateModified").type
+    assert stamps == pa.timestamp("ms", tz="UTC")  # Parquet has no seconds unit
+
+
+def expected_field(value: Any, kind: str) -> Any:
+    """The typed value of a clean API field, worked out independently of the code."""
+    if value is None:
+        return None
+    if kind == "ts":
+        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+    if kind == "date":
+        return date.fromisoformat(value) if value else None
+    return value
+
+
+def test_form_tables_are_typed_per_variable(
+    conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """Metadata columns plus one typed column per variable, value for value what the
+    extraction's `records_table` makes of the same records."""
+    result = snap(conn, snap_dir)
+    seen: set[str] = set()
+    for form in data.forms:
+        form_key = form["formKey"]
+        table = pq.read_table(result.path / "forms" / f"{form_key}.parquet")
+        records = sorted(
+            (r for r in data.records if r["formKey"] == form_key), key=lambda r: r["recordId"]
+        )
+        variables = [v for v in data.variables if v["formKey"] == form_key and not v["deleted"]]
+        names = [n for n, _ in RECORD_COLUMNS] + [v["variableName"] for v in variables]
+        assert table.column_names == names, form_key
+        for variable in variables:
+            field = table.schema.field(variable["variableName"])
+            assert field.type == EXPECTED_TYPES[variable["variableType"]], form_key
+            values = [
+                coerce(r["recordData"].get(field.name), variable["variableType"]) for r in records
+            ]
+            assert table[field.name].to_pylist() == values, (form_key, field.name)
+            if any(v is not None for v in values):
+                seen.add(variable["variableType"])
+        reference = records_table(records, data.variables, [form_key])
+        assert table.cast(reference.schema).equals(reference), form_key
+    assert seen == set(EXPECTED_TYPES)  # every type carries real values
+
+
+def test_every_file_readable_by_pandas_pyarrow_duckdb_polars(
+    conn: sqlite3.Connection, snap_dir: Path
+):
+    result = snap(conn, snap_dir)
     latest = snap_dir / KEY / LATEST
     duck = duckdb.connect()
-    for name, rows in expected.items():
-        path = latest / name
-        assert len(pd.read_parquet(path)) == rows, name
-        assert duck.execute(f"SELECT count(*) FROM read_parquet('{path}')").fetchone()[0] == rows
-        assert pl.read_parquet(path).height == rows, name
-
-    # recordData is JSON text that DuckDB and Polars can query directly.
-    record = next(r for r in data.records if r["formKey"] == "REG")
-    got = duck.execute(
-        f"SELECT json_extract_string(recordData, '$.regdt') FROM "
-        f"read_parquet('{latest / 'records.parquet'}') WHERE recordId = {record['recordId']}"
-    ).fetchone()[0]
-    assert got == record["recordData"]["regdt"]
-    frame = pl.read_parquet(latest / "records.parquet")
+    for rel, entry in tables(result.path).items():
+        path = latest / rel
+        rows = entry["rows"]
+        assert len(pd.read_parquet(path)) == rows, rel
+        assert pq.read_table(path).num_rows == rows, rel
+        assert duck.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0] == rows, rel
+        assert pl.read_parquet(path).height == rows, rel
+    assert len(tables(result.path)["records.parquet"]["parts"]) > 1  # really several parts
+    # raw is JSON text the engines can query; typed columns keep their types everywhere.
+    records = latest / "records.parquet"
+    status = duck.execute(
+        f"SELECT json_extract_string(raw, '$.recordStatus') = recordStatus FROM '{records}'"
+    ).fetchall()
+    assert all(ok for (ok,) in status)
+    frame = pl.read_parquet(records)
     assert frame.schema["dateModified"] == pl.Datetime("ms", "UTC")
-    assert frame.filter(pl.col("deleted")).height == sum(r["deleted"] for r in data.records)
-    # Subjects keep the raw API JSON beside their typed columns.
-    subjects = pl.read_parquet(latest / "subjects.parquet")
-    assert json.loads(subjects["raw"][0]) == sorted(data.subjects, key=lambda s: s["subjectId"])[0]
-
-
-def test_arrow_type_per_variable_type(conn: sqlite3.Connection, data: StudyData, snap_dir: Path):
-    result = write_snapshot(conn, KEY, snap_dir)
-    seen_types: set[str] = set()
-    seen_values: set[str] = set()
-    by_id = {r["recordId"]: r for r in data.records}
-    for form_key in forms_with_records(data):
-        table = pq.read_table(result.path / "forms" / f"{form_key}.parquet")
-        rows = table.to_pylist()
-        for variable in data.variables:
-            if variable["formKey"] != form_key or variable["deleted"]:
-                continue
-            name, vtype = variable["variableName"], variable["variableType"]
-            assert table.schema.field(name).type == EXPECTED_TYPES[vtype], (form_key, name)
-            seen_types.add(vtype)
-            for row in rows:
-                raw = by_id[row["recordId"]]["recordData"].get(name)
-                assert row[name] == coerce(raw, vtype)
-                if row[name] is not None:
-                    seen_values.add(vtype)
-    assert seen_types == set(EXPECTED_TYPES)
-    assert seen_values == set(EXPECTED_TYPES)  # each type carries real, coerced values
-    meta = pq.read_schema(result.path / "records.parquet")
-    assert meta.field("dateCreated").type == pa.timestamp("ms", tz="UTC")  # Parquet has no "s"
-    assert meta.field("recordData").type == pa.string()
+    assert frame.schema["deleted"] == pl.Boolean
+    assert duck.execute(f"SELECT typeof(visitDate) FROM '{latest / 'visits.parquet'}'").fetchone()[
+        0
+    ] == ("DATE")
 
 
 # --------------------------------------------------------------------------------------
-# Reuse and retention
+# Incremental sets
 # --------------------------------------------------------------------------------------
 
 
-def test_unchanged_forms_hard_linked_changed_rewritten(
-    conn: sqlite3.Connection, data: StudyData, snap_dir: Path
-):
-    first = write_snapshot(conn, KEY, snap_dir)
-    changed_records, changed_vars = forms_with_records(data)[:2]
-    edit_form(conn, data, changed_records)
-    # A variable's type changes without any record change: only the signature moves.
-    variable = dict(next(v for v in data.variables if v["formKey"] == changed_vars))
-    variable["variableType"] = "TEXT" if variable["variableType"] != "TEXT" else "INTEGER"
-    with store.write_transaction(conn):
-        store.upsert(conn, schema.VARIABLES, KEY, [variable])
-
-    second = write_snapshot(conn, KEY, snap_dir)
-    assert second.name != first.name
-    changed = {f"forms/{changed_records}.parquet", f"forms/{changed_vars}.parquet"}
-    for entry in read_manifest(second.path)["forms"].values():
-        name = entry["file"]
-        same = os.stat(first.path / name).st_ino == os.stat(second.path / name).st_ino
-        assert same == (name not in changed), name
-        assert entry["reused"] == (name not in changed)
-    assert (
-        set(second.files_reused) == {f"forms/{f['formKey']}.parquet" for f in data.forms} - changed
-    )
-    assert changed <= set(second.files_written)
-    edited = pd.read_parquet(second.path / f"forms/{changed_records}.parquet")
-    assert (edited["recordStatus"] == "Edited").sum() == 1
-    new_type = pq.read_schema(second.path / f"forms/{changed_vars}.parquet")
-    assert new_type.field(variable["variableName"]).type == EXPECTED_TYPES[variable["variableType"]]
-    # records.parquet is always rewritten: it is never shared between sets.
-    assert (
-        os.stat(first.path / "records.parquet").st_ino
-        != os.stat(second.path / "records.parquet").st_ino
-    )
-
-
-def test_rebuilt_cache_is_not_mistaken_for_unchanged(
+def test_edits_rewrite_only_the_parts_holding_them(
     tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
 ):
-    """Form versions restart at 1 in a rebuilt cache: row fingerprints still catch edits."""
-    write_snapshot(conn, KEY, snap_dir)
-    form_key = forms_with_records(data)[0]
-    rebuilt = schema.connect(tmp_path / "rebuilt.db")
-    load(rebuilt, data, KEY)
-    record = dict(next(r for r in data.records if r["formKey"] == form_key))
-    record["dateModified"] = "2026-02-02 00:00:00"
-    with store.write_transaction(rebuilt):
-        store.upsert(rebuilt, schema.RECORDS, KEY, [record])
-    result = write_snapshot(rebuilt, KEY, snap_dir)
-    assert f"forms/{form_key}.parquet" in result.files_written
-    rebuilt.close()
+    first = snap(conn, snap_dir)
+    records = sorted(data.records, key=lambda r: r["recordId"])
+    picked = [records[5], records[6], records[200]]  # two parts of records.parquet
+    change(conn, KEY, "records", edited(picked, recordStatus="Edited"))
+    second = snap(conn, snap_dir)
+    assert second.rebuilt is None and second.data_version == 2
+
+    hit = {rel: parts_holding(first.path, rel, ids) for rel, ids in by_table(picked).items()}
+    assert len(hit["records.parquet"]) == 2
+    for rel in tables(second.path):
+        before, after = inodes(first.path, rel), inodes(second.path, rel)
+        assert list(before) == list(after), rel  # same ranges
+        for k, lo in enumerate(before):
+            assert (before[lo] == after[lo]) == (k not in hit.get(rel, set())), (rel, k)
+    assert len(second.files_written) == sum(map(len, hit.values())) == 5
+    assert len(second.files_reused) == sum(len(e["parts"]) for e in tables(first.path).values()) - 5
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+    edited_rows = pd.read_parquet(second.path / "records.parquet")
+    assert (edited_rows["recordStatus"] == "Edited").sum() == 3
 
 
-def test_retention_keeps_newest_sets(conn: sqlite3.Connection, snap_dir: Path):
-    results = [write_snapshot(conn, KEY, snap_dir, retention=2) for _ in range(4)]
+def test_reference_collections_cost_nothing(conn: sqlite3.Connection, snap_dir: Path):
+    first = snap(conn, snap_dir)
+    change(conn, KEY, "subjects", edited([orjson.loads(cache_rows(conn, "subjects")[0][1])]))
+    second = snap(conn, snap_dir)
+    for name in ("sites", "forms", "intervals", "variables", "users", "records"):
+        assert inodes(first.path, f"{name}.parquet") == inodes(second.path, f"{name}.parquet")
+    assert second.files_written == ["subjects.parquet/part-00000.parquet"]
+
+
+def test_parts_are_copied_where_hard_links_fail(
+    tmp_path: Path,
+    conn: sqlite3.Connection,
+    data: StudyData,
+    snap_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    first = snap(conn, snap_dir)
+    change(conn, KEY, "records", edited([data.records[0]], recordStatus="Edited"))
+
+    def no_links(*args: Any, **kwargs: Any) -> None:
+        raise OSError("hard links are not supported on this file system")
+
+    monkeypatch.setattr(writer.os, "link", no_links)
+    second = snap(conn, snap_dir)
+    assert second.rebuilt is None and second.files_reused
+    assert inodes(first.path, "sites.parquet") != inodes(second.path, "sites.parquet")
+    assert second.bytes_written == sum(p.stat().st_size for p in second.path.rglob("part-*"))
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
+def test_a_tampered_manifest_links_nothing_from_elsewhere(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """Part names in an older set's manifest are never followed outside that set."""
+    first = snap(conn, snap_dir)
+    planted = tmp_path / "planted.parquet"
+    planted.write_bytes((first.path / "sites.parquet" / "part-00000.parquet").read_bytes())
+    manifest = read_manifest(first.path)
+    part = manifest["collections"]["sites"]["parts"][0]
+    part["file"] = os.path.relpath(planted, first.path / "sites.parquet")
+    (first.path / MANIFEST).write_text(json.dumps(manifest))
+    change(conn, KEY, "records", edited([data.records[0]], recordStatus="Edited"))
+    second = snap(conn, snap_dir)
+    linked = second.path / "sites.parquet" / "part-00000.parquet"
+    assert linked.stat().st_ino != planted.stat().st_ino
+    assert "sites.parquet/part-00000.parquet" in second.files_written
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
+def test_deletes_and_new_rows(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """Hard deletes, soft deletes, and new records inside an existing range, past the last
+    one and far beyond it: the set equals a from-scratch build."""
+    first = snap(conn, snap_dir)
+    records = sorted(data.records, key=lambda r: r["recordId"])
+    gone = [records[40]["recordId"], records[41]["recordId"]]
+    change(conn, KEY, "records", deletes=gone)
+    change(conn, KEY, "records", edited([records[100]], deleted=True))
+    template = records[-1]
+    new = [
+        {**template, "recordId": records[40]["recordId"], "recordStatus": "Re-entered"},
+        {**template, "recordId": template["recordId"] + 1, "formKey": "AE", "formId": 5},
+        {**template, "recordId": template["recordId"] + 10_000_000},
+    ]
+    change(conn, KEY, "records", new)
+    second = snap(conn, snap_dir)
+    assert second.rebuilt is None
+    assert second.rows["records"] == len(records) - 2 + 3
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+    table = pq.read_table(second.path / "records.parquet")
+    assert gone[1] not in table["recordId"].to_pylist()
+    assert table["recordId"].to_pylist()[-1] == template["recordId"] + 10_000_000
+    # untouched middle parts are shared
+    shared = set(inodes(first.path, "records.parquet").items()) & set(
+        inodes(second.path, "records.parquet").items()
+    )
+    assert shared
+
+
+def test_soft_deleted_rows_stay_flagged(conn: sqlite3.Connection, data: StudyData, snap_dir: Path):
+    result = snap(conn, snap_dir)
+    frame = pd.read_parquet(result.path / "records.parquet")
+    assert frame["deleted"].sum() == sum(r["deleted"] for r in data.records) > 0
+    form = pd.read_parquet(result.path / "forms" / "VS.parquet")
+    assert form["deleted"].sum() == sum(r["deleted"] for r in data.records if r["formKey"] == "VS")
+
+
+def test_new_variable_rewrites_its_form_and_the_column_appears(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    first = snap(conn, snap_dir)
+    template = next(v for v in data.variables if v["formKey"] == "VS")
+    added = {
+        **template,
+        "variableId": max(v["variableId"] for v in data.variables) + 1,
+        "variableName": "vsnew",
+        "variableType": "INTEGER",
+        "sequence": 99,
+    }
+    relabelled = {**next(v for v in data.variables if v["formKey"] == "AE"), "label": "New"}
+    change(conn, KEY, "variables", [added, relabelled])
+    second = snap(conn, snap_dir)
+    vs = pq.read_table(second.path / "forms" / "VS.parquet")
+    assert vs.column_names[-1] == "vsnew" and vs.schema.field("vsnew").type == pa.int64()
+    assert vs["vsnew"].null_count == vs.num_rows
+    assert set(inodes(first.path, "forms/VS.parquet").values()).isdisjoint(
+        inodes(second.path, "forms/VS.parquet").values()
+    )
+    # A label is not a column: AE's table is shared, as is every other form's.
+    for rel in tables(second.path):
+        if rel.startswith("forms/") and rel != "forms/VS.parquet":
+            assert inodes(first.path, rel) == inodes(second.path, rel), rel
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
+def test_a_log_that_no_longer_reaches_back_rebuilds_everything(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    snap(conn, snap_dir)
+    for n in range(3):
+        change(conn, KEY, "records", edited([data.records[n]], recordStatus=f"E{n}"))
+    with write_transaction(conn):  # as prune_change_log does after LOG_VERSIONS_KEPT runs
+        conn.execute("INSERT INTO change_log_floor VALUES (?, 3)", (KEY,))
+    second = snap(conn, snap_dir)
+    assert second.files_reused == []
+    assert second.rebuilt == "the cache's change log no longer reaches back to version 1"
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
+def test_everything_logged_rebuilds_that_collection_only(
+    conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    first = snap(conn, snap_dir)
+    with write_transaction(conn):
+        version = store.bump_study_version(conn, KEY)
+        store.log_changes(conn, KEY, version, VARIABLES, None)
+    second = snap(conn, snap_dir)
+    assert {f.split("/")[0] for f in second.files_written} == {"variables.parquet"}
+    assert inodes(first.path, "records.parquet") == inodes(second.path, "records.parquet")
+
+
+def test_rebuilt_cache_is_not_taken_for_the_previous_one(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """A cache deleted and synced again restarts its versions: the set built from it must
+    not reuse parts of sets that showed the old cache."""
+    for n in range(3):
+        change(conn, KEY, "records", edited([data.records[n]], recordStatus=f"E{n}"))
+    snap(conn, snap_dir)  # data version 4
+    fresh = connect(tmp_path / "fresh.db")
+    load_study(fresh, data, KEY)  # version 1, other content
+    result = write_snapshot(fresh, KEY, snap_dir, part_rows=PART)
+    assert result.files_reused == [] and "rebuilt cache" in (result.rebuilt or "")
+    assert_same_tables(result.path, snap(fresh, tmp_path / "ref").path)
+    fresh.close()
+
+
+def test_parts_that_disagree_with_the_cache_are_rebuilt(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """Rows that changed without a log entry (they cannot under a merge) are still
+    caught when the parts no longer add up to the cache's row count."""
+    snap(conn, snap_dir)
+    with write_transaction(conn):
+        conn.execute("DELETE FROM records WHERE record_id=?", (data.records[0]["recordId"],))
+        store.bump_study_version(conn, KEY)
+    result = snap(conn, snap_dir)
+    assert result.rows["records"] == len(data.records) - 1
+    assert_same_tables(result.path, scratch(conn, tmp_path))
+
+
+def test_sparse_ids_do_not_make_small_parts(tmp_path: Path, data: StudyData):
+    """Ids a million apart, then rows appended in small deltas: parts are cut by rows."""
+    key, part_rows = "SPARSE", 20
+    records = [
+        {**r, "recordId": 1_000_000 * (n + 1)}
+        for n, r in enumerate(sorted(data.records, key=lambda r: r["recordId"])[:100])
+    ]
+    sparse = StudyData(study=data.study, forms=data.forms, variables=data.variables)
+    sparse.records = records
+    conn = connect(tmp_path / "sparse.db")
+    load_study(conn, sparse, key)
+    snap_dir = tmp_path / "s"
+    result = write_snapshot(conn, key, snap_dir, part_rows=part_rows)
+    sizes = [p["rows"] for p in tables(result.path)["records.parquet"]["parts"]]
+    assert sizes == [20] * 5
+    next_id = records[-1]["recordId"]
+    for _ in range(8):  # 8 deltas of 7 new rows, ids still a million apart
+        batch = []
+        for _ in range(7):
+            next_id += 1_000_000
+            batch.append({**records[0], "recordId": next_id})
+        change(conn, key, "records", batch)
+        result = write_snapshot(conn, key, snap_dir, part_rows=part_rows)
+        sizes = [p["rows"] for p in tables(result.path)["records.parquet"]["parts"]]
+        assert min(sizes) >= part_rows // 2 and max(sizes) <= 2 * part_rows, sizes
+    assert sum(sizes) == 156 and len(sizes) >= 7
+    conn.close()
+
+
+def test_typed_json_and_text_in_one_column(tmp_path: Path, data: StudyData):
+    """A server echoing typed JSON beside the API's text (and fields in odd forms): the
+    snapshot takes the slow path where it must and types every value by the same rules."""
+    key = "MIXED"
+    mixed = StudyData(study=data.study, forms=data.forms, variables=data.variables)
+    vs = sorted((r for r in data.records if r["formKey"] == "VS"), key=lambda r: r["recordId"])
+    typed = {"vssysbp": 131, "vstemp": 36.9, "vsnd": False}
+    mixed.records = [
+        *({**r, "recordData": {**r["recordData"], **typed}} for r in vs[:3]),
+        *vs[3:],
+    ]
+    odd = dict(data.subjects[0])
+    odd.update(
+        subjectKey=101,  # a number where text is expected
+        siteId=str(odd["siteId"]),  # text where a number is expected
+        dateModified="2024-07-02T12:30:26+02:00",  # ISO with a zone
+        enrollmentStartDate="not a date",  # garbage
+        deleted=0,
+    )
+    mixed.subjects = [odd, *data.subjects[1:]]
+    conn = connect(tmp_path / "mixed.db")
+    load_study(conn, mixed, key)
+    result = write_snapshot(conn, key, tmp_path / "s")
+    form = pq.read_table(result.path / "forms" / "VS.parquet").to_pylist()
+    assert {k: form[0][k] for k in typed} == typed
+    for row, record in zip(form[3:], vs[3:], strict=True):
+        assert row["vssysbp"] == coerce(record["recordData"].get("vssysbp"), "INTEGER")
+        assert row["vsnd"] == coerce(record["recordData"].get("vsnd"), "CHECKBOX")
+    assert sum(r["vssysbp"] is not None for r in form) > 3
+    subjects = pq.read_table(result.path / "subjects.parquet").to_pylist()
+    first = subjects[0]
+    assert first["subjectKey"] == "101" and first["siteId"] == data.subjects[0]["siteId"]
+    assert first["dateModified"] == datetime(2024, 7, 2, 10, 30, 26, tzinfo=UTC)
+    assert first["enrollmentStartDate"] is None and first["deleted"] is False
+    assert json.loads(first["raw"])["subjectKey"] == 101  # raw keeps what the API sent
+    others = pd.read_parquet(result.path / "subjects.parquet").iloc[1:]
+    assert list(others["subjectKey"]) == [s["subjectKey"] for s in data.subjects[1:]]
+    conn.close()
+
+
+# --------------------------------------------------------------------------------------
+# Retention and paths
+# --------------------------------------------------------------------------------------
+
+
+def test_retention_keeps_newest_sets(conn: sqlite3.Connection, data: StudyData, snap_dir: Path):
+    results = []
+    for n in range(4):
+        change(conn, KEY, "records", edited([data.records[n]], recordStatus=f"R{n}"))
+        results.append(snap(conn, snap_dir, retention=2))
     names = [r.name for r in results]
-    assert len(set(names)) == 4  # unique even within one second
-    assert sorted(names, key=snapshots._set_key) == names  # and they sort by age
+    assert len(set(names)) == 4 and sorted(names, key=paths.set_key) == names
     study_dir = snap_dir / KEY
-    remaining = [p.name for p in snapshots.complete_sets(study_dir)]
-    assert remaining == names[-2:]
+    assert [p.name for p in complete_sets(study_dir)] == names[-2:]
     assert os.readlink(study_dir / LATEST) == names[-1]
     assert results[2].removed == [names[0]] and results[3].removed == [names[1]]
-    # Hard-linked files outlive the set they were first written to.
-    assert all(pq.read_table(p).num_rows >= 0 for p in (study_dir / LATEST).rglob("*.parquet"))
+    # Parts first written to deleted sets live on through their hard links.
+    assert_same_tables(study_dir / LATEST, results[-1].path)
+    for rel, entry in tables(study_dir / LATEST).items():
+        assert pq.read_table(study_dir / LATEST / rel).num_rows == entry["rows"]
 
 
 def test_retention_never_deletes_the_latest_target(conn: sqlite3.Connection, snap_dir: Path):
-    old, new = (write_snapshot(conn, KEY, snap_dir, retention=5) for _ in range(2))
+    old, new = (snap(conn, snap_dir) for _ in range(2))
     study_dir = snap_dir / KEY
-    os.replace(_link(study_dir, old.name), study_dir / LATEST)  # as if `new` never went live
-    assert snapshots._apply_retention(study_dir, 1) == []
-    assert {p.name for p in snapshots.complete_sets(study_dir)} == {old.name, new.name}
-
-
-def _link(study_dir: Path, target: str) -> Path:
     tmp = study_dir / ".latest-tmp-test"
-    os.symlink(target, tmp)
-    return tmp
-
-
-# --------------------------------------------------------------------------------------
-# Path safety
-# --------------------------------------------------------------------------------------
+    os.symlink(old.name, tmp)
+    os.replace(tmp, study_dir / LATEST)  # as if `new` never went live
+    assert paths.apply_retention(study_dir, 1) == []
+    assert {p.name for p in complete_sets(study_dir)} == {old.name, new.name}
 
 
 @pytest.mark.parametrize(
@@ -307,16 +587,32 @@ def _link(study_dir: Path, target: str) -> Path:
 def test_hostile_study_keys_stay_inside(tmp_path: Path, key: str):
     root = tmp_path / "root"
     snap_dir = root / "snapshots"
-    conn = schema.connect(root / "cache.db")
+    conn = connect(root / "cache.db")
     result = write_snapshot(conn, key, snap_dir)
     conn.close()
-    resolved = snap_dir.resolve()
-    assert result.path.parent.parent == resolved
+    assert result.path.parent.parent == snap_dir.resolve()
     for path in root.rglob("*"):
         assert path.resolve().is_relative_to(root.resolve())
     created = [p for p in root.rglob("*") if not p.is_relative_to(snap_dir)]
     assert {p.name for p in created} <= {"cache.db", "cache.db-wal", "cache.db-shm", "snapshots"}
     assert latest_snapshot(snap_dir, key) == result.path.resolve()
+
+
+def test_hostile_form_keys_stay_inside(tmp_path: Path, data: StudyData):
+    key = "FORMS"
+    hostile = StudyData(study=data.study, variables=[])
+    hostile.forms = [
+        {**data.forms[0], "formId": n, "formKey": k}
+        for n, k in enumerate(["../../escape", "a/b", "..", "VS"])
+    ]
+    conn = connect(tmp_path / "c.db")
+    load_study(conn, hostile, key)
+    result = write_snapshot(conn, key, tmp_path / "s")
+    conn.close()
+    assert set(result.form_rows) == {"../../escape", "a/b", "..", "VS"}
+    assert all(p.resolve().is_relative_to(result.path) for p in result.path.rglob("*"))
+    assert not (tmp_path / "escape").exists()
+    assert (result.path / "forms" / f"{safe_name('a/b')}.parquet").is_dir()
 
 
 def test_distinct_keys_get_distinct_dirs():
@@ -329,8 +625,8 @@ def test_distinct_keys_get_distinct_dirs():
 
 def test_resolved_path_check_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Even if sanitising were wrong, nothing is written outside snapshot_dir."""
-    monkeypatch.setattr(snapshots, "safe_name", lambda key: key)
-    conn = schema.connect(tmp_path / "cache.db")
+    monkeypatch.setattr(paths, "safe_name", lambda key: key)
+    conn = connect(tmp_path / "cache.db")
     for key in ("../escape", "a/b", ".."):
         with pytest.raises(UnsafeSnapshotPath):
             write_snapshot(conn, key, tmp_path / "snapshots")
@@ -344,14 +640,14 @@ def test_resolved_path_check_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 # Crash safety
 # --------------------------------------------------------------------------------------
 
+CRASH_POINTS = ["snapshot.mid-form", "snapshot.before-rename", "snapshot.before-latest"]
+
 
 class SimulatedCrash(Exception):
     pass
 
 
-@pytest.mark.parametrize(
-    "point", ["snapshot.mid-form", "snapshot.before-rename", "snapshot.before-latest"]
-)
+@pytest.mark.parametrize("point", CRASH_POINTS)
 def test_crash_leaves_previous_latest(
     conn: sqlite3.Connection,
     data: StudyData,
@@ -359,9 +655,10 @@ def test_crash_leaves_previous_latest(
     monkeypatch: pytest.MonkeyPatch,
     point: str,
 ):
-    first = write_snapshot(conn, KEY, snap_dir)
+    first = snap(conn, snap_dir)
     study_dir = snap_dir / KEY
-    edit_form(conn, data, forms_with_records(data)[0])
+    vs = next(r for r in data.records if r["formKey"] == "VS")
+    change(conn, KEY, "records", edited([vs], recordStatus="Edited"))
     reached: list[str] = []
 
     def crash(name: str) -> None:
@@ -369,34 +666,67 @@ def test_crash_leaves_previous_latest(
         if name == point:
             raise SimulatedCrash(name)
 
-    monkeypatch.setattr(snapshots, "crash_point", crash)
+    monkeypatch.setattr(writer, "crash_point", crash)
     with pytest.raises(SimulatedCrash):
-        write_snapshot(conn, KEY, snap_dir)
+        snap(conn, snap_dir)
     assert reached[-1] == point
     assert not conn.in_transaction  # the read transaction was released
     assert os.readlink(study_dir / LATEST) == first.name
-    assert read_manifest(study_dir / LATEST) == read_manifest(first.path)
-    latest_records = pd.read_parquet(study_dir / LATEST / "records.parquet")
-    assert "Edited" not in set(latest_records["recordStatus"])
+    latest = pd.read_parquet(study_dir / LATEST / "records.parquet")
+    assert "Edited" not in set(latest["recordStatus"])
     if point == "snapshot.before-latest":
-        assert len(snapshots.complete_sets(study_dir)) == 2  # complete, just not live yet
+        assert len(complete_sets(study_dir)) == 2  # complete, just not live yet
     else:
-        assert any(n.startswith(".tmp-") for n in tmp_leftovers(study_dir))
+        assert any(p.name.startswith(".tmp-") for p in study_dir.iterdir())
 
-    monkeypatch.setattr(snapshots, "crash_point", lambda name: None)
-    after = write_snapshot(conn, KEY, snap_dir)
+    monkeypatch.setattr(writer, "crash_point", lambda name: None)
+    assert not snapshot_is_current(conn, snap_dir, KEY)
+    after = snap(conn, snap_dir)
     assert os.readlink(study_dir / LATEST) == after.name
-    assert tmp_leftovers(study_dir) == []
-    latest_records = pd.read_parquet(study_dir / LATEST / "records.parquet")
-    assert (latest_records["recordStatus"] == "Edited").sum() == 1
+    assert not [p for p in study_dir.iterdir() if p.name.startswith(".")]
+    latest = pd.read_parquet(study_dir / LATEST / "records.parquet")
+    assert (latest["recordStatus"] == "Edited").sum() == 1
+    assert snapshot_is_current(conn, snap_dir, KEY)
 
 
-def test_stale_temporaries_are_removed(conn: sqlite3.Connection, snap_dir: Path):
+_CRASH_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from imednet_flows.cache.db import connect
+    from imednet_flows.cache.snapshots import write_snapshot
+    conn = connect(sys.argv[1])
+    write_snapshot(conn, sys.argv[2], sys.argv[3], part_rows=int(sys.argv[4]))
+    """
+)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_killed_writer_leaves_previous_latest(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path, point: str
+):
+    """The real thing: a process SIGKILLed at each crash point (`IMEDNET_FLOWS_CRASH_AT`)."""
+    first = snap(conn, snap_dir)
+    vs = next(r for r in data.records if r["formKey"] == "VS")
+    change(conn, KEY, "records", edited([vs], recordStatus="Edited"))
+    marker = tmp_path / "marker"
+    env = {**os.environ, "IMEDNET_FLOWS_CRASH_AT": point, "IMEDNET_FLOWS_CRASH_MARKER": str(marker)}
+    args = [tmp_path / "cache.db", KEY, snap_dir, PART]
+    killed = subprocess.run(
+        [sys.executable, "-c", _CRASH_SCRIPT, *map(str, args)],
+        env=env,
+        timeout=120,
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert marker.read_text() == point
     study_dir = snap_dir / KEY
-    (study_dir / ".tmp-20200101T000000Z" / "forms").mkdir(parents=True)
-    os.symlink("nowhere", study_dir / ".latest-tmp-20200101T000000Z")
-    write_snapshot(conn, KEY, snap_dir)
-    assert tmp_leftovers(study_dir) == []
+    assert os.readlink(study_dir / LATEST) == first.name
+    assert latest_snapshot(snap_dir, KEY) == first.path.resolve()
+    assert (first.path / MANIFEST).is_file()
+    after = snap(conn, snap_dir)  # the next run cleans up and publishes
+    assert os.readlink(study_dir / LATEST) == after.name
+    assert not [p for p in study_dir.iterdir() if p.name.startswith(".")]
+    assert after.rebuilt is None and after.files_reused
 
 
 # --------------------------------------------------------------------------------------
@@ -404,22 +734,27 @@ def test_stale_temporaries_are_removed(conn: sqlite3.Connection, snap_dir: Path)
 # --------------------------------------------------------------------------------------
 
 
-def test_snapshot_is_consistent_while_a_writer_holds_uncommitted_changes(
+def test_refuses_connection_inside_transaction(conn: sqlite3.Connection, snap_dir: Path):
+    conn.execute("BEGIN")
+    with pytest.raises(RuntimeError, match="outside any transaction"):
+        snap(conn, snap_dir)
+    conn.execute("ROLLBACK")
+
+
+def test_set_is_consistent_while_a_writer_holds_uncommitted_changes(
     tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
 ):
-    writer = schema.connect(tmp_path / "cache.db")
-    writer.execute("BEGIN IMMEDIATE")
-    writer.execute("DELETE FROM records WHERE study_key=?", (KEY,))
-    writer.execute("UPDATE subjects SET subject_status='Gone' WHERE study_key=?", (KEY,))
+    other = connect(tmp_path / "cache.db")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("DELETE FROM records WHERE study_key=?", (KEY,))
+    other.execute("UPDATE subjects SET raw=json_set(raw, '$.subjectStatus', 'Gone')")
     try:
-        result = write_snapshot(conn, KEY, snap_dir)
+        result = snap(conn, snap_dir)
     finally:
-        writer.execute("ROLLBACK")
-        writer.close()
-    assert result.rows["records"] == len(data.records)
-    assert sum(result.form_rows.values()) == len(data.records)
-    subjects = pd.read_parquet(result.path / "subjects.parquet")
-    assert "Gone" not in set(subjects["subjectStatus"])
+        other.execute("ROLLBACK")
+        other.close()
+    assert result.rows["records"] == sum(result.form_rows.values()) == len(data.records)
+    assert "Gone" not in set(pd.read_parquet(result.path / "subjects.parquet")["subjectStatus"])
 
 
 def test_commit_during_a_snapshot_is_not_half_seen(
@@ -429,44 +764,66 @@ def test_commit_during_a_snapshot_is_not_half_seen(
     snap_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    """Another connection commits while the set is being written (after the first form
-    file): the whole set still shows the state from before that commit."""
-    writer = schema.connect(tmp_path / "cache.db")
+    """Another connection commits after the first form part is written: the whole set
+    still shows the state from before that commit."""
+    other = connect(tmp_path / "cache.db")
 
     def commit_now(name: str) -> None:
         if name == "snapshot.mid-form":
-            with store.write_transaction(writer):
-                writer.execute("DELETE FROM records WHERE study_key=?", (KEY,))
-                writer.execute("DELETE FROM subjects WHERE study_key=?", (KEY,))
+            with write_transaction(other):
+                other.execute("DELETE FROM records WHERE study_key=?", (KEY,))
+                other.execute("DELETE FROM subjects WHERE study_key=?", (KEY,))
 
-    monkeypatch.setattr(snapshots, "crash_point", commit_now)
-    result = write_snapshot(conn, KEY, snap_dir)
-    writer.close()
+    monkeypatch.setattr(writer, "crash_point", commit_now)
+    result = snap(conn, snap_dir)
+    other.close()
     assert result.rows["subjects"] == len(data.subjects)
     assert sum(result.form_rows.values()) == result.rows["records"] == len(data.records)
     assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0  # it did commit
 
 
-def test_streams_in_batches(conn: sqlite3.Connection, data: StudyData, snap_dir: Path):
-    result = write_snapshot(conn, KEY, snap_dir, batch_rows=20)
-    meta = pq.ParquetFile(result.path / "records.parquet").metadata
-    assert meta.num_row_groups == math.ceil(len(data.records) / 20)
-    for path in result.path.rglob("*.parquet"):
-        groups = pq.ParquetFile(path).metadata
-        assert all(groups.row_group(i).num_rows <= 20 for i in range(groups.num_row_groups))
+def test_streams_in_batches(conn: sqlite3.Connection, snap_dir: Path):
+    result = snap(conn, snap_dir, batch_rows=10)
+    for path in result.path.rglob("part-*.parquet"):
+        meta = pq.ParquetFile(path).metadata
+        assert all(meta.row_group(i).num_rows <= 10 for i in range(meta.num_row_groups)), path
+    records = tables(result.path)["records.parquet"]["parts"][0]
+    groups = pq.ParquetFile(result.path / "records.parquet" / records["file"]).metadata
+    assert groups.num_row_groups == -(-records["rows"] // 10)
 
 
-def test_memory_stays_bounded_for_a_large_study(tmp_path: Path, snap_dir: Path):
-    """20k records: peak Python allocation is a fraction of the records' JSON size, i.e.
-    the table is never materialised (fetchall / one big Arrow table) at once."""
+def test_any_row_factory_on_the_callers_connection(conn: sqlite3.Connection, snap_dir: Path):
+    conn.row_factory = lambda cur, row: dict(zip([d[0] for d in cur.description], row, strict=True))
+    result = snap(conn, snap_dir)
+    assert pq.read_table(result.path / "subjects.parquet").num_rows == result.rows["subjects"] > 0
+
+
+def test_memory_stays_bounded_for_a_large_study(
+    tmp_path: Path, snap_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """20k records: neither Python objects nor Arrow buffers ever hold a large share of
+    the study at once (batches stream through one ParquetWriter per part)."""
     key = "BIG"
     big = generate_study(StudySpec.for_records(20_000, study_key=key, study_id=4, seed=9))
-    conn = schema.connect(tmp_path / "big.db")
-    load(conn, big, key)
+    conn = connect(tmp_path / "big.db")
+    load_study(conn, big, key)
     records = len(big.records)
     del big
     gc.collect()
     raw_bytes = conn.execute("SELECT SUM(LENGTH(raw)) FROM records").fetchone()[0]
+    arrow_peak = [0]
+
+    def sampled(function: Any) -> Any:
+        def measured(*args: Any) -> pa.Table:
+            out = function(*args)
+            arrow_peak[0] = max(arrow_peak[0], pa.total_allocated_bytes())
+            return out
+
+        return measured
+
+    monkeypatch.setattr(arrow, "rows_table", sampled(arrow.rows_table))
+    monkeypatch.setattr(arrow, "form_table", sampled(arrow.form_table))
+    baseline = pa.total_allocated_bytes()
     tracemalloc.start()
     try:
         result = write_snapshot(conn, key, snap_dir, batch_rows=500)
@@ -476,23 +833,4 @@ def test_memory_stays_bounded_for_a_large_study(tmp_path: Path, snap_dir: Path):
         conn.close()
     assert result.rows["records"] == records >= 20_000
     assert peak < raw_bytes / 4, (peak, raw_bytes)
-
-
-def test_records_file_metadata_matches_form_files(conn: sqlite3.Connection, snap_dir: Path):
-    """records.parquet builds metadata column-wise, form files via frames.records_table:
-    both must agree value for value."""
-    result = write_snapshot(conn, KEY, snap_dir)
-    records = pq.read_table(result.path / "records.parquet")
-    meta_names = [n for n in records.column_names if n != "recordData"]
-    forms = pa.concat_tables(
-        pq.read_table(p).select(meta_names) for p in (result.path / "forms").glob("*.parquet")
-    )
-    key = [("recordId", "ascending")]
-    assert records.select(meta_names).sort_by(key).equals(forms.sort_by(key))
-
-
-def test_any_row_factory_on_the_callers_connection(conn: sqlite3.Connection, snap_dir: Path):
-    """Callers may set dict rows on their connection; the snapshot reads tuples anyway."""
-    conn.row_factory = lambda cur, row: dict(zip([d[0] for d in cur.description], row, strict=True))
-    result = write_snapshot(conn, KEY, snap_dir)
-    assert pq.read_table(result.path / "subjects.parquet").num_rows == result.rows["subjects"] > 0
+    assert arrow_peak[0] - baseline < raw_bytes / 4, (arrow_peak[0], raw_bytes)

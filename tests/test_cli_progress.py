@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imednet_flows import progress
+from imednet_flows.cache.collections import COLLECTIONS
 from imednet_flows.cli import app
 from imednet_flows.cli_progress import Bars, PlainLines
 from imednet_flows.emulator import EmulatorServer
@@ -171,7 +172,8 @@ def tmux() -> Iterator[Callable[[str, dict[str, str]], str]]:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             screen = subprocess.run(
-                [*base, "capture-pane", "-p", "-J", "-t", session],
+                # the whole session, as far back as a person could scroll
+                [*base, "capture-pane", "-p", "-J", "-S", "-", "-t", session],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -210,7 +212,7 @@ def test_extract_on_a_terminal_draws_bars_and_through_a_pipe_prints_lines(
     assert "━" not in piped and "\x1b" not in piped
 
 
-def test_sync_on_a_terminal_draws_a_bar_per_entity(
+def test_sync_on_a_terminal_draws_a_bar_per_collection(
     tmux: Callable[[str, dict[str, str]], str],
     fresh_emulator: EmulatorServer,
     prefect_api_url: str,
@@ -221,8 +223,8 @@ def test_sync_on_a_terminal_draws_a_bar_per_entity(
     screen = tmux(
         f"{CLI} sync --study {k} --cache {tmp_path}/c.sqlite --snapshots {tmp_path}/snap", env
     )
-    for entity in ("forms", "variables", "subjects", "visits", "records", "queries"):
-        bar = line_of(screen, f"{k} {entity} ")  # once: log lines never break into the bars
+    for entity in COLLECTIONS:
+        bar = line_of(screen, f"{k} {entity.name} ")  # once: log lines never break the bars
         assert "━━━━" in bar and "1/1 pages" in bar, screen
     assert f"recorded in Prefect at {prefect_api_url}" in screen
     note = re.compile(r"^flow run [0-9a-f-]{36} completed(: http\S+)?$", re.MULTILINE)

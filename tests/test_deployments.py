@@ -46,7 +46,7 @@ from flows.examples import (
     report_via_deployment,
     weekly_review,
 )
-from flows.incremental_sync import CHANGED_EVENT, incremental_sync
+from flows.incremental_sync import CHANGED_EVENT, run_incremental_sync
 from imednet_flows.emulator import (
     DEMO_API_KEY,
     DEMO_SECURITY_KEY,
@@ -403,14 +403,10 @@ def test_trigger_runs_report_after_sync_that_changed_queries(
     deployment_id = applied[REPORT_DEPLOYMENT].id
 
     def sync() -> dict[str, bool]:
-        result = incremental_sync(
+        result = run_incremental_sync(
             [key], cache_path=str(tmp_path / "c.sqlite"), snapshot_dir=str(tmp_path / "s")
         )
-        entities = result.studies[key]["entities"]
-        return {
-            name: any(e[k] for k in ("inserted", "updated", "soft_deleted", "hard_deleted"))
-            for name, e in entities.items()
-        }
+        return {name: c.changed for name, c in result.studies[key].collections.items()}
 
     with get_client(sync_client=True) as client:
         assert report_runs(client, deployment_id, key) == []

@@ -18,11 +18,13 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from flows.extract_records import extract_records_by_criteria
 from flows.incremental_sync import incremental_sync
 from flows.open_queries import STALE_DAYS, age_days, get_open_queries
 from flows.subject_data import get_all_subject_data
+from imednet_flows.cache.collections import COLLECTIONS
 from imednet_flows.emulator import EmulatorServer
 from tests.conftest import BIG, SMALL
 
@@ -175,20 +177,21 @@ def test_sync_progress_ends_with_a_summary(
     fresh_emulator: EmulatorServer, imednet_env: Env, tmp_path: Path
 ) -> None:
     imednet_env(fresh_emulator)
-    state = incremental_sync(
-        [SMALL.study_key],
-        cache_path=str(tmp_path / "cache.sqlite"),
-        snapshot_dir=str(tmp_path / "snapshots"),
-        return_state=True,
+    state = run_coro_as_sync(
+        incremental_sync(
+            [SMALL.study_key],
+            cache_path=str(tmp_path / "cache.sqlite"),
+            snapshot_dir=str(tmp_path / "snapshots"),
+            return_state=True,
+        )
     )
     result = state.result()
-    entities = result.studies[SMALL.study_key]["entities"]
+    study = result.studies[SMALL.study_key]
     progress = [a for a in artifacts_of(state).values() if a.type == "progress"]
     assert len(progress) == 1
     assert progress[0].data == 100.0
-    requests = sum(e["requests"] for e in entities.values())
     assert progress[0].description.startswith(
-        f"Sync of {SMALL.study_key} done: {len(entities)} entities, "
+        f"Sync of {SMALL.study_key} done: {len(COLLECTIONS)} collections, "
     ), progress[0].description
-    assert f", {requests} requests, " in progress[0].description
-    assert len(entities) == 6
+    assert f", {study.requests} requests, " in progress[0].description
+    assert len(study.collections) == len(COLLECTIONS)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from flows.incremental_sync import incremental_sync, lock_path
+from flows.incremental_sync import lock_path, run_incremental_sync
 from imednet_flows.cache.reader import sync_status
 from imednet_flows.emulator import EmulatorServer, StudySpec, running_emulator
 from tests.conftest import SMALL
@@ -24,7 +24,7 @@ PAGED = StudySpec(study_key="SYNC-1", study_id=7, seed=5, subjects=510)
 
 
 def run(tmp: Path, *keys: str, **kwargs):
-    return incremental_sync(
+    return run_incremental_sync(
         list(keys or [K]),
         cache_path=str(tmp / "cache.sqlite"),
         snapshot_dir=str(tmp / "snapshots"),
@@ -49,7 +49,7 @@ def test_full_then_delta_then_idle(paged: EmulatorServer, imednet_env: Env, tmp_
     assert min(counts[r] for r in ("subjects", "visits", "records", "queries")) > 500
     first = run(tmp_path, key)
     assert_cache_equals_truth(paged, tmp_path / "cache.sqlite", key)
-    assert first.studies[key]["entities"]["records"]["inserted"] == counts["records"]
+    assert first.studies[key].collections["records"].inserted == counts["records"]
     assert (tmp_path / "snapshots").exists()
 
     emu = paged.emulator
@@ -68,16 +68,18 @@ def test_full_then_delta_then_idle(paged: EmulatorServer, imednet_env: Env, tmp_
     emu.reset_requests()
     second = run(tmp_path, key)
     assert_cache_equals_truth(paged, tmp_path / "cache.sqlite", key)
-    records = second.studies[key]["entities"]["records"]
-    assert records["hard_deleted"] == 7 and records["soft_deleted"] == 4
-    assert records["updated"] >= 30 - len(set(deleted))
+    records = second.studies[key].collections["records"]
+    assert records.hard_deleted == 7 and records.soft_deleted == 4
+    assert records.updated >= 30 - len(set(deleted))
     # 7 deletions among ~1,600 records: O(d log N) GETs, far from a re-download
-    assert records["requests"] <= 1 + 1 + 7 * 11
+    assert records.requests <= 1 + 1 + 7 * 11
 
     emu.reset_requests()
     idle = run(tmp_path, key)
-    assert not any(e["changed"] for e in idle.studies.values())
-    assert gets(paged) <= 12, [e.query for e in emu.requests()]
+    assert not any(s.changed for s in idle.studies.values())
+    # one listing per set-up collection, one delta per changing one and one count each
+    # for hard deletes, one delta of the audit trail
+    assert gets(paged) <= 5 + 2 * 5 + 1, [e.query for e in emu.requests()]
     assert idle.snapshots == {}
     assert integrity_ok(tmp_path / "cache.sqlite")
 
@@ -223,7 +225,7 @@ def test_event_and_artifact(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["incremental-sync"]))
         )
     assert artifacts
-    assert result.studies[K]["changed"]
+    assert result.studies[K].changed
 
 
 def test_unknown_study_fails_clearly_others_saved(

@@ -3,7 +3,7 @@ or both mixed within one column (seeded strings beside values a client posted ty
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from tests.test_edc_units import VARIABLES, _record
 MIXED = [
     (
         "INTEGER",
-        [1980, "1983", 12.0, "12.0", " 7 ", None, "", True, "x", 12.5],
-        [1980, 1983, 12, 12, 7, None, None, None, None, None],
+        [1980, "1983", 12.0, "12.0", " 7 ", None, "", True, "x", 12.5, "0x10", "1e30", 1e30],
+        [1980, 1983, 12, 12, 7, None, None, None, None, None, None, None, None],
     ),
     (
         "NUMBER",
@@ -34,8 +34,17 @@ MIXED = [
     ),
     (
         "DATE",
-        ["2025-01-02", date(2025, 1, 3), "2025-01-04 10:00:00", None, "", 20250105, "05/01/2025"],
-        [date(2025, 1, 2), date(2025, 1, 3), date(2025, 1, 4), None, None, None, None],
+        [
+            "2025-01-02",
+            date(2025, 1, 3),
+            "2025-01-04 10:00:00",
+            None,
+            "",
+            20250105,
+            "05/01/2025",
+            "2025-02-30",
+        ],
+        [date(2025, 1, 2), date(2025, 1, 3), date(2025, 1, 4), None, None, None, None, None],
     ),
     (
         "TEXT",
@@ -107,3 +116,25 @@ def test_records_table_with_a_mixed_column_per_type(tmp_path: Path) -> None:
     assert (rows[5]["vsdt"], rows[5]["weight"], rows[5]["pulse"]) == (None, None, None)
     pq.write_table(table, tmp_path / "mixed.parquet")
     assert pq.read_table(tmp_path / "mixed.parquet").to_pylist() == table.to_pylist()
+
+
+def test_records_table_types_metadata_sent_in_other_forms() -> None:
+    """Metadata fields follow the same rules as variables: an id sent as text, a flag as
+    0/1, a timestamp with a zone or in garbage; a table is still made, typed."""
+    odd = _record(
+        7,
+        "AE",
+        {},
+        recordId="7",
+        siteId=3.0,
+        subjectKey=301,
+        deleted=1,
+        dateCreated="2024-03-01T10:00:00+02:00",
+        dateModified="yesterday",
+    )
+    rows = records_table([_record(6, "AE", {}), odd], VARIABLES, ["AE"]).to_pylist()
+    assert (rows[1]["recordId"], rows[1]["siteId"], rows[1]["subjectKey"]) == (7, 3, "301")
+    assert rows[1]["deleted"] is True
+    assert rows[1]["dateCreated"] == datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
+    assert rows[1]["dateModified"] is None
+    assert rows[0]["dateModified"] == datetime(2024, 3, 2, 11, 30, 15, tzinfo=UTC)

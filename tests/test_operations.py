@@ -30,6 +30,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from deployments.definitions import PROJECT_ROOT, load_definitions
 from flows.incremental_sync import incremental_sync
@@ -283,11 +284,11 @@ def test_killed_sync_does_not_block_the_next_run(
     crashed = run_deployment(
         SYNC,
         parameters=parameters,
-        job_variables={"env": {CRASH_ENV: "sync.after-structure", MARKER_ENV: str(marker)}},
+        job_variables={"env": {CRASH_ENV: "sync.after-fetch-forms", MARKER_ENV: str(marker)}},
         timeout=120,
         poll_interval=0.5,
     )
-    assert marker.read_text() == "sync.after-structure", tail(worker.log)
+    assert marker.read_text() == "sync.after-fetch-forms", tail(worker.log)
     assert crashed.state is not None and crashed.state.is_crashed(), crashed.state
     assert "SIGKILL" in (crashed.state.message or "")
 
@@ -325,8 +326,10 @@ def test_multi_study_sync_on_dask(
         }
     )
     keys = [DASK_A.study_key, DASK_B.study_key]
-    result = incremental_sync.with_options(task_runner=runner)(
-        keys, cache_path=str(tmp_path / "cache.sqlite"), snapshot_dir=str(tmp_path / "snap")
+    result = run_coro_as_sync(
+        incremental_sync.with_options(task_runner=runner)(
+            keys, cache_path=str(tmp_path / "cache.sqlite"), snapshot_dir=str(tmp_path / "snap")
+        )
     )
     assert sorted(result.studies) == sorted(keys) == sorted(result.snapshots)
     for key in keys:

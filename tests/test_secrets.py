@@ -39,7 +39,7 @@ from prefect.variables import Variable
 from pydantic import BaseModel
 
 from flows.extract_records import extract_records_by_criteria
-from flows.incremental_sync import CHANGED_EVENT, incremental_sync
+from flows.incremental_sync import CHANGED_EVENT, run_incremental_sync
 from flows.open_queries import get_open_queries
 from flows.subject_data import get_all_subject_data
 from flows.upsert_records import create_or_update_records
@@ -96,7 +96,7 @@ def run_every_flow(server: EmulatorServer, out: Path) -> dict[str, State[Any]]:
     subject = next(s for s in emu.rows(key, "subjects") if not s["deleted"])["subjectKey"]
     target = next(r for r in emu.rows(key, "records") if r["formKey"] == "AE" and not r["deleted"])
     states = {
-        "sync": incremental_sync(
+        "sync": run_incremental_sync(
             [key],
             cache_path=str(out / "cache" / "imednet.sqlite"),
             snapshot_dir=str(out / "snapshots"),

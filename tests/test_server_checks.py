@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.incremental_sync import incremental_sync
+from flows.incremental_sync import run_incremental_sync
 from imednet_flows.cache.reconcile import find_differences
 from imednet_flows.edc.errors import ImednetFlowsError
 from imednet_flows.edc.server_checks import (
@@ -353,7 +353,7 @@ def checked() -> Iterator[EmulatorServer]:
 
 
 def run(tmp: Path, **kwargs: Any) -> Any:
-    return incremental_sync(
+    return run_incremental_sync(
         [K], cache_path=str(tmp / "cache.sqlite"), snapshot_dir=str(tmp / "snapshots"), **kwargs
     )
 
@@ -491,7 +491,7 @@ def test_rows_changing_and_vanishing_between_pages_pass_the_checks(
     run(tmp_path)
     result = _keyset_run(checked, tmp_path)
     assert _keyset_requests(checked), "the keyset re-read did not happen"
-    assert result.studies[K]["entities"]["records"]["hard_deleted"] == 3
+    assert result.studies[K].collections["records"].hard_deleted == 3
     assert_cache_equals_truth(checked, tmp_path / "cache.sqlite", K)
 
 

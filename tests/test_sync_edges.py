@@ -21,13 +21,15 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterName,
 )
+from prefect.utilities.asyncutils import run_coro_as_sync
 from typer.testing import CliRunner
 
-from flows.incremental_sync import CHANGED_EVENT, incremental_sync
+from flows.incremental_sync import CHANGED_EVENT, incremental_sync, run_incremental_sync
 from imednet_flows.cache import staging
+from imednet_flows.cache.merge import merge_into
 from imednet_flows.cache.reader import get_cached_records, sync_status
 from imednet_flows.cache.snapshots import latest_snapshot
-from imednet_flows.cache.sync import StudySync, merge_into
+from imednet_flows.cache.sync import StudySync
 from imednet_flows.cli import app
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
@@ -42,7 +44,7 @@ runner = CliRunner()
 
 
 def sync(cache: Path, *keys: str, **kwargs: Any):
-    return incremental_sync(
+    return run_incremental_sync(
         list(keys or [K]),
         cache_path=str(cache),
         snapshot_dir=str(cache.parent / f"{cache.stem}-snapshots"),
@@ -91,8 +93,8 @@ def test_two_caches_in_one_folder_keep_their_own_changes(
     b = sync(c2)
     a.join(60)
     assert not isinstance(outcome.get("a"), Exception), outcome.get("a")
-    assert outcome["a"].studies[K]["entities"]["records"]["updated"] == 40
-    assert b.studies[K]["entities"]["records"]["updated"] == 40
+    assert outcome["a"].studies[K].collections["records"].updated == 40
+    assert b.studies[K].collections["records"].updated == 40
     for cache in (c1, c2):
         assert_cache_equals_truth(fresh_emulator, cache, K)
         assert integrity_ok(cache)
@@ -154,8 +156,10 @@ def test_a_failing_study_does_not_hide_the_others_changes(
     started = time.time()
     name = f"edge-{time.monotonic_ns()}"
     with pytest.raises(RuntimeError, match=r"NOPE.*403.*saved and published"):
-        incremental_sync.with_options(flow_run_name=name)(
-            [K, "NOPE"], cache_path=str(cache), snapshot_dir=str(tmp_path / "snap")
+        run_coro_as_sync(
+            incremental_sync.with_options(flow_run_name=name)(
+                [K, "NOPE"], cache_path=str(cache), snapshot_dir=str(tmp_path / "snap")
+            )
         )
     assert_cache_equals_truth(fresh_emulator, cache, K)
     assert latest_snapshot(tmp_path / "snap", K) is not None
@@ -298,7 +302,7 @@ def test_a_database_of_something_else_is_never_migrated(tmp_path: Path) -> None:
     conn.close()
     result = runner.invoke(app, ["cache", "status", "--cache", str(other)])
     assert result.exit_code == 1 and "something else" in result.output
-    from imednet_flows.cache.schema import CacheError, connect
+    from imednet_flows.cache.db import CacheError, connect
 
     with pytest.raises(CacheError, match="patients"):
         connect(other)

@@ -65,13 +65,14 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from flows.incremental_sync import incremental_sync
+from flows.incremental_sync import run_incremental_sync
+from imednet_flows.cache.collections import COLLECTIONS, collection
 from imednet_flows.cache.crash import ENV as CRASH_ENV
 from imednet_flows.cache.crash import MARKER_ENV
-from imednet_flows.cache.schema import INCREMENTAL, RECORDS, canonical_ts
 from imednet_flows.cache.snapshots import latest_snapshot
 from imednet_flows.emulator import EmulatorServer, StudySpec, running_emulator
 from imednet_flows.frames import parse_ts
+from imednet_flows.timestamps import canonical_ts
 from tests.sync_helpers import assert_cache_equals_truth, cache_rows, integrity_ok
 from tests.test_sync_reliability import (
     POINTS_AFTER_COMMIT,
@@ -190,6 +191,13 @@ def _changes() -> st.SearchStrategy[Change]:
             Change, op=st.just("add_queries"), n=st.integers(1, 2), seed=seeds, flag=st.booleans()
         ),
         st.builds(Change, op=st.just("add_query_comment"), seed=seeds, flag=st.booleans()),
+        # the collections beyond the clinical data: codings, users, set-up lists
+        st.builds(Change, op=st.just("recode"), n=st.integers(1, 2), seed=seeds),
+        st.builds(Change, op=st.just("hard_delete"), entity=st.just("codings"), seed=seeds),
+        st.builds(Change, op=st.just("add_users"), n=st.integers(1, 2)),
+        st.builds(Change, op=st.just("deactivate_users"), seed=seeds),
+        st.builds(Change, op=st.just("add_variables"), seed=seeds),
+        st.builds(Change, op=st.just("edit_forms"), seed=seeds),
     )
 
 
@@ -314,45 +322,38 @@ def committed_state(cache: Cache) -> Committed:
 def read_truth(server: EmulatorServer) -> Truth:
     return {
         spec.name: {r[spec.id_field]: r for r in server.emulator.rows(KEY, spec.route)}
-        for spec in INCREMENTAL
+        for spec in COLLECTIONS
     }
 
 
 def assert_snapshot_equals_truth(snapshots: Path, truth: Truth) -> None:
-    """`latest` holds exactly the API's rows: ids and content of every top-level file, and
-    the record ids of every form file."""
+    """`latest` holds exactly the API's rows: ids and content (`raw`) of every collection's
+    table, typed columns that agree with it, and the record ids of every form's table."""
     latest = latest_snapshot(snapshots, KEY)
     assert latest is not None, f"no `latest` snapshot under {snapshots}"
     manifest = check_complete_set(latest)
-    for spec in INCREMENTAL:
-        if spec is RECORDS:
-            continue
+    for spec in COLLECTIONS:
         table = pq.read_table(latest / f"{spec.name}.parquet").to_pylist()
         rows = {r[spec.id_field]: json.loads(r["raw"]) for r in table}
-        assert rows.keys() == truth[spec.name].keys(), (
+        expected = truth[spec.name]
+        assert rows.keys() == expected.keys(), (
             f"{latest.name}/{spec.name}.parquet: missing "
-            f"{sorted(truth[spec.name].keys() - rows.keys())[:10]}, extra "
-            f"{sorted(rows.keys() - truth[spec.name].keys())[:10]}"
+            f"{sorted(expected.keys() - rows.keys())[:10]}, extra "
+            f"{sorted(rows.keys() - expected.keys())[:10]}"
         )
-        stale = [i for i, row in rows.items() if row != truth[spec.name][i]]
+        stale = [i for i, row in rows.items() if row != expected[i]]
         assert not stale, f"{latest.name}/{spec.name}.parquet: stale rows {stale[:10]}"
     records = truth["records"]
-    table = pq.read_table(latest / "records.parquet").to_pylist()
-    got = {r["recordId"]: r for r in table}
-    assert got.keys() == records.keys(), (
-        f"{latest.name}/records.parquet: missing {sorted(records.keys() - got.keys())[:10]}, "
-        f"extra {sorted(got.keys() - records.keys())[:10]}"
-    )
+    typed = {r["recordId"]: r for r in pq.read_table(latest / "records.parquet").to_pylist()}
     stale = [
         i
-        for i, r in got.items()
-        if json.loads(r["recordData"]) != records[i]["recordData"]
-        or r["deleted"] != bool(records[i]["deleted"])
+        for i, r in typed.items()
+        if r["deleted"] != bool(records[i]["deleted"])
         or r["dateModified"] != parse_ts(records[i]["dateModified"])
         or (r["formKey"], r["subjectKey"], r["recordStatus"])
         != (records[i]["formKey"], records[i]["subjectKey"], records[i]["recordStatus"])
     ]
-    assert not stale, f"{latest.name}/records.parquet: stale rows {stale[:10]}"
+    assert not stale, f"{latest.name}/records.parquet: typed columns disagree {stale[:10]}"
     by_form: dict[str, set[int]] = {}
     for record_id, record in records.items():
         by_form.setdefault(record["formKey"], set()).add(record_id)
@@ -368,18 +369,18 @@ def assert_watermarks_hold(cache: Cache, truth: Truth) -> None:
     sync began may share the watermark's second: the next run re-reads that second."""
     if cache.base is None:
         return
-    for spec in INCREMENTAL:
+    for spec in COLLECTIONS:
         watermark = cache.watermark(spec.name)
-        if watermark is None:
+        if watermark is None or spec.since_field is None:
             continue
         cached = cache_rows(cache.path, KEY, spec.name)
         base = cache.base[spec.name]
         for row_id, row in truth[spec.name].items():
-            stamp = canonical_ts(row.get("dateModified"))
+            stamp = canonical_ts(row.get(spec.since_field))
             if stamp is None or stamp > watermark or base.get(row_id) != row:
                 continue
             assert cached.get(row_id) == row, (
-                f"{cache.path.name}: {spec.name} {row_id} (dateModified {stamp}) is at or "
+                f"{cache.path.name}: {spec.name} {row_id} ({spec.since_field} {stamp}) is at or "
                 f"before the watermark {watermark} but the cache has "
                 f"{'no such row' if row_id not in cached else 'an older version'}"
             )
@@ -458,7 +459,7 @@ class SyncModel(RuleBasedStateMachine):
     def sync_in_process(self, cache: Cache, full_refresh: bool = False) -> str | None:
         """Run the flow; None when it succeeded, else its error message."""
         try:
-            result = incremental_sync(
+            result = run_incremental_sync(
                 [KEY],
                 cache_path=str(cache.path),
                 snapshot_dir=str(cache.snapshots),
@@ -494,7 +495,7 @@ class SyncModel(RuleBasedStateMachine):
     def clamp_hard_delete(self, entity: str, n: int) -> int:
         """Never empty an entity and never let a cache get more than DELETE_HEADROOM rows
         ahead of the API: beyond that the sync refuses (by design) without full_refresh."""
-        spec = next(s for s in INCREMENTAL if s.name == entity)
+        spec = collection(entity)
         live = {r[spec.id_field] for r in self.emu.rows(KEY, spec.route)}
         ahead = max(
             (len(cache_rows(c.path, KEY, entity).keys() - live) for c in self.caches()),
@@ -551,6 +552,20 @@ class SyncModel(RuleBasedStateMachine):
             if queries:
                 target = random.Random(change.seed).choice(queries)["annotationId"]
                 emu.mutate(KEY, "add_query_comment", annotation_id=target, closed=change.flag)
+        elif change.op == "recode":
+            codings = emu.rows(KEY, "codings")
+            if codings:
+                emu.mutate(KEY, "recode", n=min(n, len(codings)), seed=change.seed)
+        elif change.op == "add_users":
+            emu.mutate(KEY, "add_users", n=n)
+        elif change.op == "deactivate_users":
+            if sum(1 for u in emu.rows(KEY, "users") if u.get("userActiveInStudy")) > 1:
+                emu.mutate(KEY, "deactivate_users", seed=change.seed)
+        elif change.op == "add_variables":
+            form = random.Random(change.seed).choice(emu.rows(KEY, "forms"))["formKey"]
+            emu.mutate(KEY, "add_variables", form_key=form)
+        elif change.op == "edit_forms":  # a new revision; a rename would leave copies stale
+            emu.mutate(KEY, "edit_forms", seed=change.seed)
         else:  # pragma: no cover - the strategy names every op above
             raise AssertionError(change.op)
 

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 import pytest
 from filelock import FileLock
 
-from flows.incremental_sync import incremental_sync, lock_path
+from flows.incremental_sync import lock_path, run_incremental_sync
 from imednet_flows.cache.crash import ENV as CRASH_ENV
 from imednet_flows.cache.crash import MARKER_ENV
 from imednet_flows.cache.reader import get_cached_records
@@ -76,21 +76,21 @@ EXIT_SKIPPED = 75
 SIGKILLED = -9
 TOP_FILES = ("records", "subjects", "visits", "queries")
 
-#: Every `crash_point(...)` in the product, in the order a run reaches them.
+#: Every kind of `crash_point(...)` in the product, in the order a run reaches them: after
+#: the fetch and after the merge of a collection of each sync mode (the first and last
+#: collections, a set-up list, the watermarked records, the append-only audit trail).
 SYNC_POINTS_BEFORE_COMMIT = (
-    "sync.after-structure",
-    "sync.after-fetch-subjects",
-    "sync.after-fetch-visits",
+    "sync.after-fetch-forms",
+    "sync.after-fetch-users",
     "sync.mid-page",
     "sync.mid-reconcile",
     "sync.after-fetch-records",
-    "sync.after-fetch-queries",
+    "sync.after-fetch-recordRevisions",
+    "sync.after-fetch-codings",
     "sync.merge-forms",
-    "sync.merge-variables",
-    "sync.merge-subjects",
-    "sync.merge-visits",
     "sync.merge-records",
-    "sync.merge-queries",
+    "sync.merge-recordRevisions",
+    "sync.merge-codings",
     "sync.before-commit",
 )
 #: Points after the merge committed: the cache already holds the new state.
@@ -229,7 +229,7 @@ def run_all(
 def sync_in_process(env: Env, server: EmulatorServer, ws: Workspace) -> None:
     """A normal sync in the test process (the flow the CLI runs, same arguments)."""
     env(server)
-    result = incremental_sync([KEY], cache_path=str(ws.cache), snapshot_dir=str(ws.snapshots))
+    result = run_incremental_sync([KEY], cache_path=str(ws.cache), snapshot_dir=str(ws.snapshots))
     assert not result.skipped, result.reason
 
 
@@ -262,6 +262,10 @@ def cache_digest(cache: Path) -> str:
         conn.close()
 
 
+def top_rows(manifest: dict) -> dict[str, int]:
+    return {name: manifest["rows"][name] for name in TOP_FILES}
+
+
 def cache_counts(cache: Path, key: str = KEY) -> dict[str, int]:
     conn = sqlite3.connect(f"{cache.resolve().as_uri()}?mode=ro", uri=True)
     try:
@@ -283,16 +287,19 @@ def sync_runs(cache: Path) -> list[dict[str, object]]:
 
 
 def check_complete_set(set_dir: Path) -> dict:
-    """Every file of a snapshot set opens with pyarrow and holds the rows its manifest says."""
+    """Every table of a snapshot set opens with pyarrow and holds the rows its manifest says,
+    and the set holds exactly the parts its manifest lists."""
     manifest = read_manifest(set_dir)
     for name in TOP_FILES:
         table = pq.read_table(set_dir / f"{name}.parquet")
         assert table.num_rows == manifest["rows"][name], (set_dir, name)
-    for form_key, entry in manifest["forms"].items():
+    entries = [*manifest["collections"].values(), *manifest["forms"].values()]
+    listed = set()
+    for entry in entries:
         table = pq.read_table(set_dir / entry["file"])
-        assert table.num_rows == entry["rows"], (set_dir, form_key)
-    listed = {f"{n}.parquet" for n in TOP_FILES} | {e["file"] for e in manifest["forms"].values()}
-    on_disk = {str(p.relative_to(set_dir)) for p in set_dir.rglob("*.parquet")}
+        assert table.num_rows == entry["rows"], (set_dir, entry["file"])
+        listed |= {f"{entry['file']}/{part['file']}" for part in entry["parts"]}
+    on_disk = {str(p.relative_to(set_dir)) for p in set_dir.rglob("part-*.parquet")}
     assert on_disk == listed, set_dir
     return manifest
 
@@ -424,7 +431,7 @@ def test_crash_at_point_then_recover(
             f"after recovery `latest` -> {current.name} (pre-crash set: {baseline.set_name}), "
             f"leftovers {leftovers(study_dir)}"
         )
-    assert check_complete_set(current)["rows"] == cache_counts(ws.cache)
+    assert top_rows(check_complete_set(current)) == cache_counts(ws.cache)
 
 
 # --------------------------------------------------------------------------------------
@@ -439,7 +446,7 @@ def test_four_concurrent_syncs_are_serialised(
     so each run starts from the watermark the previous one committed."""
     ws = workspace
     before = len(sync_runs(ws.cache))
-    base_watermark = json.loads(sync_runs(ws.cache)[-1]["summary"])["entities"]["records"][
+    base_watermark = json.loads(sync_runs(ws.cache)[-1]["summary"])["collections"]["records"][
         "watermark_after"
     ]
     mutate(server)
@@ -453,7 +460,7 @@ def test_four_concurrent_syncs_are_serialised(
     assert len(runs) == 4
     # Serialised runs chain: each one read the watermark its predecessor committed. Had two
     # overlapped, both would have started from the same (older) watermark.
-    summaries = [json.loads(r["summary"])["entities"]["records"] for r in runs]
+    summaries = [json.loads(r["summary"])["collections"]["records"] for r in runs]
     assert summaries[0]["watermark_before"] == base_watermark
     assert summaries[0]["watermark_after"] > base_watermark  # so the chain can tell overlaps
     for prev, nxt in itertools.pairwise(summaries):
@@ -463,7 +470,7 @@ def test_four_concurrent_syncs_are_serialised(
     assert [r["changed"] for r in runs] == [1, 0, 0, 0]
     latest = latest_snapshot(ws.snapshots, KEY)
     assert latest is not None and latest.name != baseline.set_name
-    assert check_complete_set(latest)["rows"] == cache_counts(ws.cache)
+    assert top_rows(check_complete_set(latest)) == cache_counts(ws.cache)
     assert leftovers(ws.study_dir()) == [] and staged_files(ws) == []
 
 

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.extract_records import extract_records_by_criteria
-from flows.incremental_sync import incremental_sync
+from flows.incremental_sync import run_incremental_sync
 from flows.upsert_records import create_or_update_records
 from imednet_flows.cli import app
 from imednet_flows.emulator import EmulatorServer
@@ -83,7 +83,7 @@ def test_typed_upsert_then_sync_then_every_export(
 
     cache = tmp_path / "cache.sqlite"
     snapshots = tmp_path / "snapshots"
-    incremental_sync([K], cache_path=str(cache), snapshot_dir=str(snapshots))
+    run_incremental_sync([K], cache_path=str(cache), snapshot_dir=str(snapshots))
     latest = snapshots / K / "latest"
     written = sorted(p.relative_to(latest).as_posix() for p in latest.rglob("*.parquet"))
     assert {"records.parquet", "forms/VS.parquet", "forms/AE.parquet"} <= set(written)

@@ -347,7 +347,7 @@ def test_sync_and_open_queries_submitted_by_clicking_complete_and_their_artifact
     assert (stack.work / "imednet-cache" / "imednet.sqlite").is_file()
     page.goto(f"{stack.url}/v2/runs/flow-run/{sync_id}?tab=Artifacts")
     page.get_by_text("incremental-sync", exact=True).first.wait_for()
-    page.get_by_text(re.compile(r"Sync of DEMO done: 6 entities")).first.wait_for()
+    page.get_by_text(re.compile(r"Sync of DEMO done: 11 collections")).first.wait_for()
     shot(page, "run-incremental-sync-artifacts")
 
     report = finished(stack, report_id)

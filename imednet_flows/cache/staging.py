@@ -18,7 +18,7 @@ import secrets
 import sqlite3
 from pathlib import Path
 
-from imednet_flows.cache.schema import ENTITIES, table_ddl
+from imednet_flows.cache.collections import COLLECTIONS, Collection
 
 STAGING_DIR = ".staging"
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -55,23 +55,36 @@ def staging_file(cache_path: str | Path, study_key: str, token: str) -> Path:
 
 
 def create(path: Path, cache_path: str | Path, study_key: str, token: str) -> sqlite3.Connection:
-    """A throwaway file for one study's run: entity tables with their primary keys only,
-    no journal, no fsync (it is rebuilt from the API if anything goes wrong), stamped with
-    the run it belongs to. Refuses to reuse an existing file."""
+    """A throwaway file for one study's run, stamped with the run it belongs to: one plain
+    table per collection, appended to in arrival order (no key, no index: a page costs one
+    append), no journal, no fsync (it is rebuilt from the API if anything goes wrong). A row
+    may arrive twice (overlapping pages, a re-read); the later copy is the one that counts
+    (`deduplicate`). Refuses to reuse an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if any(Path(f"{path}{s}").exists() for s in _SUFFIXES):
         raise StagingMismatch(f"staging file {path} already exists; it belongs to another run")
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
-    for spec in ENTITIES.values():
-        conn.execute(table_ddl(spec))
+    for spec in COLLECTIONS:
+        conn.execute(f"CREATE TABLE {spec.table} ({', '.join(spec.column_names)})")
     conn.execute("CREATE TABLE deletions (entity TEXT, id INTEGER)")
     conn.execute("CREATE TABLE stage_meta (cache TEXT, study_key TEXT, token TEXT)")
     conn.execute(
         "INSERT INTO stage_meta VALUES (?, ?, ?)", (cache_identity(cache_path), study_key, token)
     )
     return conn
+
+
+def deduplicate(conn: sqlite3.Connection, spec: Collection) -> None:
+    """Keep the last copy of each staged row and index the table by id, so a delta's merge
+    can join it with the cache (a first load needs neither: see `merge`)."""
+    idc = spec.id_column
+    conn.execute(
+        f"DELETE FROM {spec.table} WHERE rowid NOT IN "
+        f"(SELECT MAX(rowid) FROM {spec.table} GROUP BY study_key, {idc})"
+    )
+    conn.execute(f"CREATE UNIQUE INDEX {spec.table}_id ON {spec.table} (study_key, {idc})")
 
 
 def verify(

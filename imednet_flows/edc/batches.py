@@ -39,13 +39,8 @@ from imednet_flows.edc.errors import ImednetFlowsError, explain
 from imednet_flows.edc.landing import Landing, at_or_after, landed_rows, since_for
 from imednet_flows.edc.paging import iter_items
 from imednet_flows.edc.validation import RECORD_FIELDS, SUBJECT_FIELDS, RecordItem, row_ranges
-from imednet_flows.filter_syntax import (
-    Dnf,
-    FilterError,
-    format_timestamp,
-    parse_timestamp,
-    quote_value,
-)
+from imednet_flows.filter_syntax import Dnf, FilterError, parse_timestamp, quote_value
+from imednet_flows.timestamps import format_timestamp
 
 logger = logging.getLogger("imednet_flows.batches")
 

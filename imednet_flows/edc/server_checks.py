@@ -17,15 +17,15 @@ paging when totals shrink), so no check compares two listings of the same rows.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any, NoReturn, TypeVar
 
-from imednet_flows.cache.schema import canonical_ts
 from imednet_flows.edc.errors import ImednetFlowsError
-from imednet_flows.filter_syntax import BadTimestamp, format_timestamp, parse_instant
+from imednet_flows.timestamps import BadTimestamp, canonical_ts, format_timestamp, parse_instant
 
 #: How far `metadata.timestamp` may run ahead of this machine's clock. A watermark in the
 #: future skips every change made before the clock catches up; up to the sync's overlap
@@ -111,9 +111,11 @@ def check_listing(
     id_field: str | None = None,
     now: datetime | None = None,
     max_ahead: float = MAX_CLOCK_AHEAD,
+    stamp_field: str = "dateModified",
 ) -> Listing:
-    """Every per-response assumption: envelope, page size, totals, the server's clock."""
-    listing = inspect_listing(payload, asked, _raise, id_field, now, max_ahead)
+    """Every per-response assumption: envelope, page size, totals, the server's clock.
+    `stamp_field` is the rows' change timestamp (dateCreated for revisions, ...)."""
+    listing = inspect_listing(payload, asked, _raise, id_field, now, max_ahead, stamp_field)
     assert listing is not None  # every failure raised
     return listing
 
@@ -125,6 +127,7 @@ def inspect_listing(
     id_field: str | None = None,
     now: datetime | None = None,
     max_ahead: float = MAX_CLOCK_AHEAD,
+    stamp_field: str = "dateModified",
 ) -> Listing | None:
     """The same checks, each failure handed to `failed`; checks that do not depend on a
     failed one still run, so `imednet-flows doctor` can list every assumption a response
@@ -147,7 +150,7 @@ def inspect_listing(
     if envelope is None:
         return None
     if server_now is not None:
-        attempt(check_rows_not_after, items, server_now, asked, id_field)
+        attempt(check_rows_not_after, items, server_now, asked, id_field, stamp_field)
     return Listing(items, total_pages, total, asked, server_now)
 
 
@@ -279,6 +282,7 @@ def check_rows_not_after(
     server_now: str,
     asked: Asked,
     id_field: str | None = None,
+    stamp_field: str = "dateModified",
     slack: float = ROW_CLOCK_SLACK,
 ) -> None:
     """No row of a response was modified after the response's own timestamp: else the
@@ -287,10 +291,13 @@ def check_rows_not_after(
     if not items:
         return
     limit = _shift(server_now, slack)
+    stamps = _canonical_stamps(items, stamp_field)
+    if stamps is not None and (not stamps or max(stamps) <= limit):
+        return  # the usual page: every stamp canonical, the newest one in time
     late = [
         (stamp, item)
         for item in items
-        if (stamp := canonical_ts(item.get("dateModified"))) is not None and stamp > limit
+        if (stamp := canonical_ts(item.get(stamp_field))) is not None and stamp > limit
     ]
     if late:
         newest = max(stamp for stamp, _ in late)
@@ -298,29 +305,36 @@ def check_rows_not_after(
             CLOCK,
             str(asked),
             f"answered metadata.timestamp={server_now} (UTC) with {len(late)} row(s) modified "
-            f"later, up to dateModified={newest}{_ids(id_field, (i for _, i in late))}: the "
-            "response's clock is not the clock dateModified uses (local time against UTC?), "
-            "so the watermark cannot be compared with dateModified",
+            f"later, up to {stamp_field}={newest}{_ids(id_field, (i for _, i in late))}: the "
+            f"response's clock is not the clock {stamp_field} uses (local time against UTC?), "
+            f"so the watermark cannot be compared with {stamp_field}",
         )
 
 
 def check_since(
-    items: Sequence[dict[str, Any]], since: str, asked: Asked, id_field: str | None = None
+    items: Sequence[dict[str, Any]],
+    since: str,
+    asked: Asked,
+    id_field: str | None = None,
+    stamp_field: str = "dateModified",
 ) -> None:
     """Every row of a `dateModified>=since` listing qualifies; `since` is canonical UTC.
     A server ignoring the term sends old rows, and its totals are then the study's."""
+    stamps = _canonical_stamps(items, stamp_field)
+    if stamps is not None and len(stamps) == len(items) and (not stamps or min(stamps) >= since):
+        return  # the usual page: every row stamped, canonically, on or after `since`
     early = [
         item
         for item in items
-        if (stamp := canonical_ts(item.get("dateModified"))) is None or stamp < since
+        if (stamp := canonical_ts(item.get(stamp_field))) is None or stamp < since
     ]
     if early:
-        oldest = min((canonical_ts(i.get("dateModified")) or "none" for i in early), default="")
+        oldest = min((canonical_ts(i.get(stamp_field)) or "none" for i in early), default="")
         raise ServerContractError(
             SINCE,
             str(asked),
-            f"sent {len(early)} row(s) modified before {since}, down to dateModified="
-            f"{oldest}{_ids(id_field, early)}: the server does not apply the dateModified>= "
+            f"sent {len(early)} row(s) modified before {since}, down to {stamp_field}="
+            f"{oldest}{_ids(id_field, early)}: the server does not apply the {stamp_field}>= "
             "filter, so a delta would be the whole study or miss what it filters wrongly",
         )
 
@@ -410,6 +424,21 @@ def check_keyset(items: Sequence[dict[str, Any]], id_field: str, last: int, aske
             f"equal one): keyset paging resumes after the last {id_field} of a page and "
             "relies on the API's default order by id",
         )
+
+
+_CANONICAL_LINES = re.compile(r"(?:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n)*")
+
+
+def _canonical_stamps(items: Sequence[dict[str, Any]], stamp_field: str) -> list[str] | None:
+    """The rows' stamps when every present one is in the API's canonical form, whose string
+    order is time order; None when any is not (then each row is parsed). One regex pass
+    over the page instead of a parse per row: these checks run on every page of a sync."""
+    stamps = [s for item in items if (s := item.get(stamp_field))]
+    try:
+        joined = "\n".join(stamps) + "\n" if stamps else ""
+    except TypeError:  # a stamp that is not text
+        return None
+    return stamps if _CANONICAL_LINES.fullmatch(joined) else None
 
 
 def _shift(stamp: str, seconds: float) -> str:

@@ -18,14 +18,12 @@ from imednet_flows.filter_syntax import (
     COMPARISONS,
     CONTAINS_OPS,
     FILTER_OPS_HINT,
-    BadTimestamp,
     FilterError,
     Term,
-    format_timestamp,
     parse_dnf,
-    parse_instant,
     parse_timestamp,
 )
+from imednet_flows.timestamps import BadTimestamp, format_timestamp, parse_instant
 
 __all__ = [
     "FieldKind",

@@ -20,11 +20,11 @@ from imednet_flows.emulator.checks import is_int, is_number
 from imednet_flows.emulator.entities import Entity
 from imednet_flows.filter_syntax import (
     FilterError,
-    format_timestamp,
     parse_dnf,
     parse_timestamp,
     render_term,
 )
+from imednet_flows.timestamps import format_timestamp
 
 TIMESTAMP_MODES = ("", "missing", "garbage")
 #: What a server sends when its clock is formatted for people rather than for the contract.
