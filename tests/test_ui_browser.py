@@ -249,14 +249,22 @@ def finished(stack: Stack, run_id: UUID) -> FlowRun:
 def submit(page: Any, stack: Stack, name: str) -> UUID:
     """Click Submit; the id of the one run of the deployment that the click created."""
     before = {r.id for r in runs_of(stack, name)}
-    page.get_by_role("button", name="Submit").click()
-    try:
-        new = wait_for(
-            lambda: [r for r in runs_of(stack, name) if r.id not in before], 60, f"a {name} run"
-        )
-    except AssertionError as exc:
-        shown = " ".join(page.inner_text("body").split())[-1500:]
-        raise AssertionError(f"{exc}; the page at {page.url} shows: {shown}") from None
+    new: list[FlowRun] = []
+    # A click the form swallows while it re-renders creates nothing and leaves the page on
+    # the form: click again then, and only then (never a second run).
+    for attempt in range(3):
+        page.get_by_role("button", name="Submit").click()
+        try:
+            new = wait_for(
+                lambda: [r for r in runs_of(stack, name) if r.id not in before],
+                20,
+                f"a {name} run",
+            )
+            break
+        except AssertionError as exc:
+            if attempt == 2 or not page.url.endswith("/run"):
+                shown = " ".join(page.inner_text("body").split())[-1500:]
+                raise AssertionError(f"{exc}; the page at {page.url} shows: {shown}") from None
     assert len(new) == 1, new
     page.wait_for_url(re.compile(r"^(?!.*/run$)"))  # the UI leaves the form
     return new[0].id
