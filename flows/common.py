@@ -64,11 +64,14 @@ StudyKey = Annotated[
         pattern=r"\S",
     ),
 ]
+#: None (the default) means the operator's setting IMEDNET_FLOWS_MAX_CONCURRENCY, 4 unless
+#: set: one knob for every flow and deployment, a parameter only to override it per run.
 Concurrency = Annotated[
-    int,
+    int | None,
     param(
         "Concurrent API requests",
-        "Most API requests of this run in flight at once (the API rate-limits; 4 is safe).",
+        "Most API requests of this run in flight at once (the API rate-limits; 4 is safe). "
+        "Empty: the setting IMEDNET_FLOWS_MAX_CONCURRENCY, 4 unless set.",
         ge=1,
         le=32,
     ),

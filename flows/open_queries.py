@@ -23,10 +23,10 @@ from flows.common import (
     md_table,
     param,
 )
+from flows.connection import imednet_client
 from imednet_flows.filter_syntax import dnf
 from imednet_flows.queries import OpenQueriesResult, OpenQuery, fetch_open_queries
 from tasks.api import submitter
-from tasks.client import imednet_client
 
 #: Open queries waiting longer than this are counted apart in the per-site summary.
 STALE_DAYS = 30
@@ -142,7 +142,7 @@ def get_open_queries(
             '`annotationType==question;dateCreated>="2025-01-01"`.',
         ),
     ] = "",
-    max_concurrency: Concurrency = 4,
+    max_concurrency: Concurrency = None,
 ) -> OpenQueriesResult:
     """Open queries (latest comment not closed), with a table artifact for the UI."""
     dnf(filters)

@@ -16,6 +16,7 @@ import typer
 
 from imednet_flows.emulator import StudySpec, running_emulator
 from imednet_flows.emulator.handle import DEMO_API_KEY, DEMO_SECURITY_KEY
+from imednet_flows.settings import settings
 
 
 def _step(title: str) -> None:
@@ -152,7 +153,7 @@ def _two_updates(records: list[dict], variables: list[dict]) -> list[dict]:
 def _report(out: Path, cache: Path, snapshots: Path, requests: int, seconds: float) -> None:
     _step("Done")
     latest = snapshots / "DEMO" / "latest"
-    prefect_home = os.environ.get("PREFECT_HOME", "~/.prefect")
+    prefect_home = settings().prefect_home or "~/.prefect"
     typer.echo(f"""   {requests} API requests, {seconds:.1f}s in all.
    SQLite cache (WAL):     {cache}
    Parquet snapshots:      {latest}/ (records, subjects, visits, queries, forms/*.parquet)
