@@ -167,9 +167,6 @@ CachePath = Annotated[str, typer.Option("--cache", help="SQLite cache file.")]
 StudyOpt = Annotated[str, typer.Option("--study", help="Study key (case-sensitive).")]
 
 
-EXIT_USAGE = 2
-
-
 def _fail(exc: BaseException, code: int = EXIT_FAILED) -> typer.Exit:
     """One line that says what failed and what to do; the traceback only with --debug."""
     if _options["debug"]:
