@@ -24,6 +24,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+)
 
 from imednet_flows.cache import arrow
 from imednet_flows.cache.collections import COLLECTIONS
@@ -249,6 +256,20 @@ def test_calling_the_sync_block_mirrors_the_study(mirror: Mirror) -> None:
     for spec in COLLECTIONS:
         assert (latest / f"{spec.name}.parquet").is_dir(), spec.name
     assert any((latest / "forms").glob("AE.parquet/part-*.parquet"))
+    # The synchronous and the async flow each ran the sync as a completed subflow.
+    with get_client(sync_client=True) as client:
+        for name in ("nightly", "nightly-async"):
+            [parent] = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[name]))
+            )
+            [child] = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])
+                )
+            )
+            assert client.read_flow(child.flow_id).name == "incremental-sync", name
+            for run in (parent, child):
+                assert run.state is not None and run.state.is_completed(), name
 
 
 def test_cache_tables_table_is_the_code_and_the_file(mirror: Mirror) -> None:
@@ -413,3 +434,19 @@ def test_who_changed_ae_records_at_a_site(mirror: Mirror, monkeypatch: pytest.Mo
         row[:6] for row in truth
     ]
     assert until - since == timedelta(days=7)
+
+
+def test_reading_the_files_block_runs(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pandas, DuckDB and Polars each read a part directory as the whole table."""
+    monkeypatch.chdir(mirror.folder)
+    ns: dict[str, Any] = {}
+    exec(compile(block("reading the files"), "README.md", "exec"), ns)
+    records = mirror.server.emulator.rows(KEY, "records")
+    vs = sorted(r["recordId"] for r in records if r["formKey"] == "VS")
+    assert sorted(ns["vs"]["recordId"]) == vs
+    live: dict[str, int] = {}
+    for record in records:
+        if not record["deleted"]:
+            live[record["formKey"]] = live.get(record["formKey"], 0) + 1
+    assert ns["per_form"] == sorted(live.items())
+    assert ns["subjects"].height == len(mirror.server.emulator.rows(KEY, "subjects"))
