@@ -10,6 +10,7 @@ compared with both the README and what a real sync writes, every file and column
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -450,3 +451,97 @@ def test_reading_the_files_block_runs(mirror: Mirror, monkeypatch: pytest.Monkey
             live[record["formKey"]] = live.get(record["formKey"], 0) + 1
     assert ns["per_form"] == sorted(live.items())
     assert ns["subjects"].height == len(mirror.server.emulator.rows(KEY, "subjects"))
+
+
+#: The v2 tables' columns that must be filled (the rest may be NULL), per collection.
+_V2_COLUMNS = {
+    "subjects": ("subject_id", "subjectId"),
+    "visits": ("visit_id", "visitId"),
+    "records": ("record_id", "recordId"),
+    "queries": ("annotation_id", "annotationId"),
+    "forms": ("form_id", "formId"),
+    "variables": ("variable_id", "variableId"),
+}
+
+
+def _v2_cache(path: Path, server: EmulatorServer, watermark: str) -> None:
+    """A cache as imednet-flows 0.x wrote it (schema v2, six collections), filled with the
+    server's rows and a watermark per collection, built by the migrations of its time."""
+    from imednet_flows.cache import db
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.MIGRATIONS[1](conn)
+        db.MIGRATIONS[2](conn)
+        for table, (id_column, id_field) in _V2_COLUMNS.items():
+            rows = server.emulator.rows(KEY, table)
+            extra = {"subjects": "deleted", "visits": "deleted", "variables": "deleted"}
+            if table == "records":
+                sql = (
+                    "INSERT INTO records (study_key, record_id, form_key, subject_key, deleted, "
+                    "record_data, raw) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                )
+                args = [
+                    (
+                        KEY,
+                        r["recordId"],
+                        r["formKey"],
+                        r["subjectKey"],
+                        int(r["deleted"]),
+                        json.dumps(r["recordData"]),
+                        json.dumps(r),
+                    )
+                    for r in rows
+                ]
+            elif table in extra:
+                sql = f"INSERT INTO {table} (study_key, {id_column}, deleted, raw) VALUES (?,?,?,?)"
+                args = [
+                    (KEY, r[id_field], int(bool(r.get("deleted"))), json.dumps(r)) for r in rows
+                ]
+            else:
+                sql = f"INSERT INTO {table} (study_key, {id_column}, raw) VALUES (?, ?, ?)"
+                args = [(KEY, r[id_field], json.dumps(r)) for r in rows]
+            conn.executemany(sql, args)
+            conn.execute(
+                "INSERT INTO sync_state VALUES (?, ?, ?, ?, ?)",
+                (KEY, table, watermark, watermark, len(rows)),
+            )
+        conn.execute("PRAGMA user_version=2")
+    finally:
+        conn.close()
+
+
+def test_a_v2_cache_is_upgraded_as_the_readme_says(
+    prefect_api: None, tmp_path: Path, imednet_env: Any
+) -> None:
+    """What "Schema versions" promises: a reader of a v2 cache is told to run the sync once;
+    the sync upgrades it keeping the six collections' rows and watermarks (they continue as
+    deltas), fetches the five new collections whole, and readers then work."""
+    from flows.incremental_sync import run_incremental_sync
+    from imednet_flows.cache.db import CacheError
+    from imednet_flows.cache.reader import get_cached
+
+    with running_emulator([SPEC]) as server:
+        cache = tmp_path / "v2.sqlite"
+        _v2_cache(cache, server, server.emulator.state.clock.now())
+        [edited] = server.emulator.mutate(KEY, "edit_records", n=1)["ids"]
+        with pytest.raises(
+            CacheError,
+            match=re.escape("has cache schema v2; this code reads v3. Run the sync once"),
+        ):
+            get_cached(cache, KEY, "records")
+
+        imednet_env(server)
+        result = run_incremental_sync([KEY], cache_path=str(cache), snapshot_dir=str(tmp_path))
+        collections = result.studies[KEY].collections
+        records = collections["records"]
+        assert records.watermark_before is not None, "the v2 watermark was not kept"
+        assert records.fetched < len(server.emulator.rows(KEY, "records")), "not a delta"
+        assert records.updated >= 1 and records.inserted == 0
+        for name in ("sites", "intervals", "users", "recordRevisions", "codings"):
+            truth = server.emulator.rows(KEY, name)
+            assert collections[name].watermark_before is None, name
+            assert collections[name].inserted == len(truth), name
+        assert_cache_equals_truth(server, cache, KEY)
+        frame = get_cached(cache, KEY, "records", recordId=edited)
+        assert list(frame["recordId"]) == [edited]
