@@ -87,12 +87,12 @@ def imednet_client(
     max_concurrency: int | None = None, credentials: Credentials | None = None
 ) -> Iterator[ImednetClient]:
     """A client for one flow run; its semaphore bounds every API task of the run.
-    `max_concurrency`: None means the setting (IMEDNET_FLOWS_MAX_CONCURRENCY, 4 unless
-    set). `credentials`: already resolved (an async flow resolves them with
+    `max_concurrency`: 0 or None means the setting (IMEDNET_FLOWS_MAX_CONCURRENCY, 4
+    unless set). `credentials`: already resolved (an async flow resolves them with
     `aresolve_credentials`); else looked up here."""
     credentials = credentials or resolve_credentials()
     client = ImednetClient(
-        credentials, max_concurrency=max_concurrency, credentials_source=resolve_credentials
+        credentials, max_concurrency=max_concurrency or None, credentials_source=resolve_credentials
     )
     get_run_logger().info("iMednet API at %s", credentials.base_url or "the hosted service")
     try:

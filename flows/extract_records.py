@@ -81,7 +81,7 @@ def extract_records_by_criteria(
             "is written; the run's artifact lists the rows per form.",
         ),
     ] = "",
-    max_concurrency: Concurrency = None,
+    max_concurrency: Concurrency = 0,
 ) -> pd.DataFrame:
     """Records matching every criterion given, one row per record, one typed column per
     variable (the union across forms)."""

@@ -149,7 +149,7 @@ async def incremental_sync(
             "Off: they are kept and reported in the artifact and logs.",
         ),
     ] = False,
-    max_concurrency: Concurrency = None,
+    max_concurrency: Concurrency = 0,
 ) -> SyncRunResult:
     """Bring the cache up to date with the API and publish Parquet snapshots."""
     discover = wants_discovery(study_keys)  # a bad selection fails before anything is written
@@ -204,7 +204,7 @@ def _sync_job(
     overlap: float,
     retention: int,
     prune_missing: bool,
-    max_concurrency: int | None,
+    max_concurrency: int,
 ) -> SyncRunResult:
     started = time.perf_counter()
     with imednet_client(max_concurrency, credentials) as client:

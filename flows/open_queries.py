@@ -138,7 +138,7 @@ def get_open_queries(
             '`annotationType==question;dateCreated>="2025-01-01"`.',
         ),
     ] = "",
-    max_concurrency: Concurrency = None,
+    max_concurrency: Concurrency = 0,
 ) -> OpenQueriesResult:
     """Open queries (latest comment not closed), with a table artifact for the UI."""
     dnf(filters)

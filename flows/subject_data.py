@@ -41,7 +41,7 @@ def get_all_subject_data(
             pattern=r"\S",
         ),
     ],
-    max_concurrency: Concurrency = None,
+    max_concurrency: Concurrency = 0,
 ) -> SubjectData:
     """Subject, visits, records and queries of one subject, in four concurrent requests."""
     with imednet_client(max_concurrency) as client:

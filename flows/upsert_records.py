@@ -171,7 +171,7 @@ class UpsertParameters(BaseModel):
     poll_interval: PollInterval = 5
     batch_size: BatchSize = 500
     email_notify: EmailNotify = ""
-    max_concurrency: Concurrency = None
+    max_concurrency: Concurrency = 0
 
     @model_validator(mode="after")
     def _one_source_of_rows(self) -> UpsertParameters:
@@ -245,7 +245,7 @@ def create_or_update_records(
     poll_interval: PollInterval = 5,
     batch_size: BatchSize = 500,
     email_notify: EmailNotify = "",
-    max_concurrency: Concurrency = None,
+    max_concurrency: Concurrency = 0,
 ) -> UpsertResult:
     """Write rows to a study: all checked first, then POSTed in batches, each row once."""
     logger = get_run_logger()
