@@ -692,7 +692,7 @@ def configure(
 ) -> None:
     """Store the API keys as Prefect Secret blocks (prompted, never echoed) and the base URL
     as a Prefect Variable."""
-    from flows.connection import store_credentials
+    from imednet_flows.credentials import store_credentials
 
     api_key = typer.prompt("iMednet API key", hide_input=True)
     security_key = typer.prompt("iMednet security key", hide_input=True)
