@@ -266,6 +266,15 @@ def _recorded_or_direct(flow: str, plain: str, *args: Any) -> Any:
         return getattr(importlib.import_module(module), name)(submit, *args)
 
 
+def _project(target: str | None = None) -> Any:
+    """`project.load(target)` (the project's folder when no target) for a command that
+    needs the project: none found is one line that says what to do, never a traceback."""
+    try:
+        return project.load(target) if target else project.root()
+    except project.ProjectNotFound as exc:
+        raise _fail(exc) from None
+
+
 def _study_keys(keys: list[str]) -> list[str]:
     """Study keys as given, refusing blanks before any request (an empty key would ask the
     API for /studies//forms)."""
@@ -330,8 +339,7 @@ def sync(
     keys = ["*"] if all_studies else _study_keys(study or [])
     _cache_file(cache)
     _recording(always="sync")
-    incremental_sync = project.load("flows.incremental_sync:incremental_sync")
-
+    incremental_sync = _project("flows.incremental_sync:incremental_sync")
     _flow_console()  # before the bars, which print Prefect's log lines above themselves
     try:
         with cli_progress.shown():
@@ -653,7 +661,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve every deployment of prefect.yaml from this process (no worker needed)."""
-    serve_main = project.load("deployments.serve:main")
+    serve_main = _project("deployments.serve:main")
     serve_main(["--pause-on-shutdown"] if pause_on_shutdown else [])
 
 
@@ -663,7 +671,7 @@ WORK_POOL = "imednet-process"
 @app.command()
 def deploy() -> None:
     """Create the work pool `imednet-process` if missing, then deploy all of prefect.yaml."""
-    ensure_work_pool = project.load("deployments.pool:ensure_work_pool")
+    ensure_work_pool = _project("deployments.pool:ensure_work_pool")
     created = ensure_work_pool(WORK_POOL)
     typer.echo(f"work pool {WORK_POOL}: {'created' if created else 'exists'}")
     prefect = Path(sys.executable).with_name("prefect")
@@ -704,6 +712,7 @@ def demo(
     """Run the main job against an embedded emulator and report what happened."""
     from imednet_flows.demo import run_demo
 
+    _project()  # before the emulator starts
     raise typer.Exit(run_demo(subjects=subjects))
 
 

@@ -46,11 +46,12 @@ def find_root(setting: str | None, cwd: Path, package_dir: Path) -> Path:
                 "the project that holds them, or unset it to use the current folder's."
             )
         return root
+    cwd = cwd.resolve()  # as `load` compares module files, which it resolves
     for folder in (cwd, *cwd.parents):
         if is_project(folder):
             return folder
-    if is_project(package_dir.parent):
-        return package_dir.parent
+    if is_project(package_dir.resolve().parent):
+        return package_dir.resolve().parent
     raise ProjectNotFound(
         f"this command runs a Prefect flow, and no imednet-flows project (a folder holding "
         f"{PROJECT_FILE} and flows/) was found in {cwd} or above it. Run it from the "
