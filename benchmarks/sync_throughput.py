@@ -349,7 +349,7 @@ def profile_replay(child: Child, edits: int, root: Path) -> dict[str, Any]:
             sync = StudySync(client, cache, child.study)
             try:
                 measured(f"{run} fetch", sync.run_fetch)
-                measured(f"{run} merge", lambda s=sync: merge_into(cache, s))
+                measured(f"{run} merge", lambda s=sync: merge_into(cache, s.staged()))
             finally:
                 sync.close()
         conn = connect(cache, readonly=True)

@@ -16,7 +16,8 @@ import orjson
 
 from imednet_flows.cache import store
 from imednet_flows.cache.collections import COLLECTIONS
-from imednet_flows.edc.client import API_ROOT, MAX_PAGE_SIZE, ImednetClient
+from imednet_flows.edc import paging
+from imednet_flows.edc.client import ImednetClient
 from imednet_flows.edc.errors import ImednetFlowsError
 
 ALL = "*"
@@ -47,17 +48,7 @@ def wants_discovery(study_keys: list[str]) -> bool:
 def list_studies(client: ImednetClient) -> list[dict[str, Any]]:
     """Every study the API key can see (GET /studies, all pages); none is an error, raised
     before anything is written."""
-    studies: list[dict[str, Any]] = []
-    page = 0
-    while True:
-        payload = client.get(
-            API_ROOT, {"page": page, "size": MAX_PAGE_SIZE}, what="listing the visible studies"
-        )
-        studies += [s for s in (payload.get("data") or []) if isinstance(s, dict)]
-        total_pages = int((payload.get("pagination") or {}).get("totalPages") or 0)
-        if page >= total_pages - 1:
-            break
-        page += 1
+    studies = [s for s in paging.list_studies(client) if isinstance(s, dict)]
     if not any(isinstance(s.get("studyKey"), str) and s["studyKey"].strip() for s in studies):
         raise _none_visible()
     return studies
