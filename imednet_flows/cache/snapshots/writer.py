@@ -544,6 +544,26 @@ def _write_tables(
     return collections, forms
 
 
+def _check_arguments(
+    conn: sqlite3.Connection, retention: int, batch_rows: int, part_rows: int
+) -> None:
+    if retention < 1:
+        raise ValueError("retention must keep at least one set")
+    if batch_rows < 1 or part_rows < 1:
+        raise ValueError("batch_rows and part_rows must be positive")
+    if conn.in_transaction:
+        raise RuntimeError("write_snapshot needs a connection outside any transaction")
+
+
+def _previous_set(study_dir: Path) -> Path | None:
+    """The set ``latest`` points at, else the newest complete one: what a new set builds on."""
+    previous = latest_target(study_dir)
+    if previous is None:
+        sets = complete_sets(study_dir)
+        previous = sets[-1] if sets else None
+    return previous
+
+
 def write_snapshot(
     conn: sqlite3.Connection,
     study_key: str,
@@ -558,12 +578,7 @@ def write_snapshot(
     opened here, so it is consistent even while another connection commits. Writers for one
     study must be serialised by the caller (the sync's FileLock); readers need no lock.
     """
-    if retention < 1:
-        raise ValueError("retention must keep at least one set")
-    if batch_rows < 1 or part_rows < 1:
-        raise ValueError("batch_rows and part_rows must be positive")
-    if conn.in_transaction:
-        raise RuntimeError("write_snapshot needs a connection outside any transaction")
+    _check_arguments(conn, retention, batch_rows, part_rows)
     started = time.monotonic()
     study_dir = study_path(snapshot_dir, study_key)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -573,10 +588,7 @@ def write_snapshot(
     name = new_set_name(study_dir, now)
     final = inside(study_dir, name)
     tmp = inside(study_dir, TMP_PREFIX + name)
-    previous = latest_target(study_dir)
-    if previous is None:
-        sets = complete_sets(study_dir)
-        previous = sets[-1] if sets else None
+    previous = _previous_set(study_dir)
 
     result = SnapshotResult(path=final)
     (tmp / FORMS_DIR).mkdir(parents=True)
