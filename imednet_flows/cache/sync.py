@@ -260,9 +260,12 @@ class StudySync:
         """Rows the cache will hold after the merge, without loading every id: cached rows
         plus staged ids the cache does not have yet (few, in a delta)."""
         cached = 0 if self.main is None else store.count(self.main, spec, self.study_key)
+        if cached == 0:  # a first sync: counted in SQLite, no list of every id in memory
+            return store.distinct_count(self.stage, spec, self.study_key)
         staged = store.cached_ids(self.stage, spec, self.study_key)
-        if self.main is None or not staged:
-            return cached + len(staged)
+        if not staged:
+            return cached
+        assert self.main is not None
         return (
             cached + len(staged) - len(store.existing_ids(self.main, spec, self.study_key, staged))
         )
