@@ -16,6 +16,7 @@ first, so the helpers here exist for the run form's sake:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import re
@@ -76,8 +77,19 @@ Concurrency = Annotated[
 
 
 def artifact_key(*parts: str) -> str:
-    """Artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+    """Artifact keys allow lowercase letters, digits and dashes only. A part with any other
+    character (study "ONC_7", subject "01/002") gets a short digest of itself, so keys that
+    differ only there ("ONC_7" and "ONC-7") never share an artifact and one study's latest
+    report never hides another's. Letters differing only by case are not told apart."""
+    return "-".join(_key_part(part) for part in parts)
+
+
+def _key_part(part: str) -> str:
+    slug = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", part.lower())).strip("-")
+    if re.fullmatch(r"[A-Za-z0-9-]*", part) and slug == part.lower().strip("-"):
+        return slug
+    digest = hashlib.sha256(part.encode()).hexdigest()[:6]
+    return f"{slug}-{digest}" if slug else digest
 
 
 def documented(fn: F) -> F:

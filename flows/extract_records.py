@@ -75,8 +75,10 @@ def extract_records_by_criteria(
         param(
             "Parquet output folder",
             "If set, one Parquet file per form is written to this folder, named "
-            "`form_{form key}.parquet` (e.g. form_AE.parquet), on the machine that runs the "
-            "flow. Empty: nothing is written; the run's artifact lists the rows per form.",
+            "`form_{form key}.parquet` (e.g. form_AE.parquet; a key with characters other than "
+            "letters, digits, `.`, `_` and `-` gets them replaced and a short hash added, so "
+            "two forms never share a file), on the machine that runs the flow. Empty: nothing "
+            "is written; the run's artifact lists the rows per form.",
         ),
     ] = "",
     max_concurrency: Concurrency = 4,

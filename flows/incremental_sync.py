@@ -251,6 +251,8 @@ def _run(
     prune_missing: bool,
 ) -> SyncRunResult:
     result = SyncRunResult()
+    if cache.exists():
+        _upgrade_schema(cache)
     if listed is not None:
         found, pruned = record_studies(str(cache), listed, prune_missing)
         study_keys = found.visible
@@ -276,6 +278,15 @@ def _run(
             result.failed[key] = f"its snapshot failed: {exc}"
             result._errors[key] = exc
     return result
+
+
+def _upgrade_schema(cache: Path) -> None:
+    """Bring an existing cache of an older schema up to date before any study reads it.
+
+    Study syncs open the cache read-only while they fetch, and a reader refuses an old
+    schema; the upgrade happens once, here, under the writer lock, so concurrent studies
+    never race to migrate the same file."""
+    connect(cache).close()
 
 
 def _record_discovery(result: SyncRunResult, found: Discovery, pruned: list[str]) -> None:

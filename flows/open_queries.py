@@ -25,6 +25,7 @@ from flows.common import (
 )
 from imednet_flows.filter_syntax import dnf
 from imednet_flows.queries import OpenQueriesResult, OpenQuery, fetch_open_queries
+from imednet_flows.timestamps import to_datetime
 from tasks.api import submitter
 from tasks.client import imednet_client
 
@@ -34,13 +35,8 @@ STALE_DAYS = 30
 
 def age_days(stamp: str, now: datetime) -> int | None:
     """Whole days from an API timestamp (UTC when it names no zone) to `now`."""
-    try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (now - moment).days
+    moment = to_datetime(stamp)
+    return None if moment is None else (now - moment).days
 
 
 def waiting_days(query: OpenQuery, now: datetime) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import logging
@@ -252,6 +253,24 @@ def _run_flow(flow_fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     url = url_for("flow-run", obj_id=run_id) if run_id else None
     _say(f"flow run {run_id} {state.name.lower()}" + (f": {url}" if url else ""))
     return state.result()  # type: ignore[no-any-return]
+
+
+def _recorded_or_direct(flow: str, plain: str, *args: Any) -> Any:
+    """Run the flow `flow` ("module:name") recorded in Prefect when this run is recorded,
+    else the plain function `plain` it wraps, called with a `submit` and the same arguments:
+    one code path either way. Each is imported only when chosen, since importing Prefect
+    flows is slow and a direct run should not pay for it."""
+    if _recording().as_flow:
+        return _run_flow(_imported(flow), *args)
+    from imednet_flows import direct
+
+    with direct.session(_say) as (_client, submit):
+        return _imported(plain)(submit, *args)
+
+
+def _imported(target: str) -> Any:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _study_keys(keys: list[str]) -> list[str]:
@@ -536,16 +555,12 @@ def subject(
     """
     _study_keys([study])
     try:
-        if _recording().as_flow:
-            from flows.subject_data import get_all_subject_data
-
-            data = _run_flow(get_all_subject_data, study, key)
-        else:
-            from imednet_flows import direct
-            from imednet_flows.subjects import fetch_subject_data
-
-            with direct.session(_say) as (_client, submit):
-                data = fetch_subject_data(submit, study, key)
+        data = _recorded_or_direct(
+            "flows.subject_data:get_all_subject_data",
+            "imednet_flows.subjects:fetch_subject_data",
+            study,
+            key,
+        )
     except Exception as exc:
         raise _fail(exc) from None
     _echo_json(data.model_dump(mode="json"))
@@ -567,16 +582,12 @@ def queries(
 
     try:
         dnf(filters)
-        if _recording().as_flow:
-            from flows.open_queries import get_open_queries
-
-            result = _run_flow(get_open_queries, study, filters)
-        else:
-            from imednet_flows import direct
-            from imednet_flows.queries import fetch_open_queries
-
-            with direct.session(_say) as (_client, submit):
-                result = fetch_open_queries(submit, study, filters)
+        result = _recorded_or_direct(
+            "flows.open_queries:get_open_queries",
+            "imednet_flows.queries:fetch_open_queries",
+            study,
+            filters,
+        )
     except Exception as exc:
         raise _fail(exc) from None
     for q in result.open:

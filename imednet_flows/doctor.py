@@ -45,7 +45,7 @@ from imednet_flows.edc.server_checks import (
     check_split,
     inspect_listing,
 )
-from imednet_flows.filter_syntax import parse_timestamp
+from imednet_flows.filter_syntax import parse_timestamp, quote_value
 from imednet_flows.timestamps import canonical_ts, format_timestamp
 
 #: One retry per request: a transient fault is told apart from a broken server, and the
@@ -185,7 +185,7 @@ def _check_since(exam: _Exam, rows: list[dict[str, Any]]) -> None:
     since = stamps[-1]
     if stamps[0] == since:  # one shared second: ask past it, so every old row must go
         since = format_timestamp(parse_timestamp(since) + timedelta(seconds=1))
-    listing = exam.page(SINCE, RECORDS, SINCE_PAGE, f'dateModified>="{since}"')
+    listing = exam.page(SINCE, RECORDS, SINCE_PAGE, f"dateModified>={quote_value(since)}")
     if listing is not None:
         exam.attempt(SINCE, check_since, listing.items, since, listing.asked, RECORDS.id_field)
 

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from imednet_flows.edc.criteria import restricted
 from imednet_flows.edc.paging import study_scope
+from imednet_flows.file_names import safe_name
 from imednet_flows.filter_syntax import Dnf, dnf
 from imednet_flows.frames import records_table
 from imednet_flows.listing import Row, Submit
@@ -113,7 +114,3 @@ def write_form_files(records: list[Row], variables: Sequence[Row], folder: Path)
         tmp.replace(target)
         written[form_key] = target
     return written
-
-
-def safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

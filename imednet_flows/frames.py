@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 
-from imednet_flows.timestamps import to_datetime
 from imednet_flows.values import (
     TIMESTAMP,
     arrow_type,
@@ -38,11 +36,6 @@ RECORD_COLUMNS: list[tuple[str, pa.DataType]] = [
     ("dateModified", TIMESTAMP),
 ]
 _META = {name for name, _ in RECORD_COLUMNS}
-
-
-def parse_ts(value: Any) -> datetime | None:
-    """The API's 'YYYY-MM-DD HH:MM:SS' (UTC) as an aware datetime; blanks are None."""
-    return to_datetime(value)
 
 
 def variable_columns(

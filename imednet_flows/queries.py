@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from imednet_flows.listing import Submit
+from imednet_flows.query_state import latest_comment, query_open
 
 
 class OpenQuery(BaseModel):
@@ -39,11 +40,6 @@ class OpenQueriesResult(BaseModel):
     total: int
 
 
-def latest_comment(query: dict[str, Any]) -> dict[str, Any] | None:
-    comments = query.get("queryComments") or []
-    return max(comments, key=lambda c: c.get("sequence") or 0) if comments else None
-
-
 def classify(
     queries: Sequence[dict[str, Any]], sites: Mapping[str, str] | None = None
 ) -> tuple[list[OpenQuery], list[OpenQuery], int]:
@@ -51,8 +47,8 @@ def classify(
     `sites` maps subject keys to site names, when known."""
     open_, undetermined, closed = [], [], 0
     for query in queries:
-        last = latest_comment(query)
-        if last is not None and last.get("closed"):
+        state, last = query_open(query), latest_comment(query)
+        if state == 0:
             closed += 1
             continue
         item = OpenQuery(
@@ -69,7 +65,7 @@ def classify(
             last_comment_at=(last or {}).get("date") or "",
             comments=len(query.get("queryComments") or []),
         )
-        (open_ if last is not None else undetermined).append(item)
+        (open_ if state == 1 else undetermined).append(item)
     return open_, undetermined, closed
 
 

@@ -116,6 +116,33 @@ def test_extract_record_data_filter_and_parquet(
     assert [p.name for p in tmp_path.iterdir()] == ["form_AE.parquet"]
 
 
+def test_extract_form_files_never_collide(
+    fresh_emulator: EmulatorServer, imednet_env: Env, tmp_path: Path
+) -> None:
+    """Form keys "A/B" and "A_B" once both became form_A_B.parquet, the second overwriting
+    the first; each form now gets its own file, named as snapshots name form tables."""
+    imednet_env(fresh_emulator)
+    tables = fresh_emulator.emulator.study(SMALL.study_key).tables
+    renamed = {"VS": "A/B", "AE": "A_B"}
+    for table in ("forms", "variables", "records"):
+        for row in tables[table].values():
+            row["formKey"] = renamed.get(row["formKey"], row["formKey"])
+    expected = {
+        k: sum(r["formKey"] == k for r in tables["records"].values()) for k in renamed.values()
+    }
+    assert all(expected.values())
+    extract_records_by_criteria(SMALL.study_key, output_dir=str(tmp_path))
+    files = sorted(tmp_path.glob("form_A*.parquet"))
+    assert len(files) == 2, [f.name for f in files]
+    got = {}
+    for path in files:
+        keys = set(pq.read_table(path).column("formKey").to_pylist())
+        assert len(keys) == 1, (path.name, keys)
+        got[keys.pop()] = pq.read_metadata(path).num_rows
+    assert got == expected
+    assert (tmp_path / "form_A_B.parquet").exists()  # a readable key keeps its plain name
+
+
 def test_extract_lists_concurrently(fresh_emulator: EmulatorServer, imednet_env: Env) -> None:
     imednet_env(fresh_emulator)
     fresh_emulator.emulator.add_fault("latency", seconds=0.4, count=None)

@@ -71,8 +71,7 @@ from imednet_flows.cache.crash import ENV as CRASH_ENV
 from imednet_flows.cache.crash import MARKER_ENV
 from imednet_flows.cache.snapshots import latest_snapshot
 from imednet_flows.emulator import EmulatorServer, StudySpec, running_emulator
-from imednet_flows.frames import parse_ts
-from imednet_flows.timestamps import canonical_ts
+from imednet_flows.timestamps import canonical_ts, to_datetime
 from tests.sync_helpers import assert_cache_equals_truth, cache_rows, integrity_ok
 from tests.test_sync_reliability import (
     POINTS_AFTER_COMMIT,
@@ -349,7 +348,7 @@ def assert_snapshot_equals_truth(snapshots: Path, truth: Truth) -> None:
         i
         for i, r in typed.items()
         if r["deleted"] != bool(records[i]["deleted"])
-        or r["dateModified"] != parse_ts(records[i]["dateModified"])
+        or r["dateModified"] != to_datetime(records[i]["dateModified"])
         or (r["formKey"], r["subjectKey"], r["recordStatus"])
         != (records[i]["formKey"], records[i]["subjectKey"], records[i]["recordStatus"])
     ]

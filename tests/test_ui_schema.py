@@ -182,3 +182,14 @@ def test_failure_lines_tell_own_errors_from_unexpected_ones() -> None:
     except KeyError as exc:
         line = failure_line(exc)
     assert line.startswith("KeyError: 'missing'. Unexpected: the traceback above shows where")
+
+
+def test_artifact_keys_of_different_studies_never_collide() -> None:
+    """Keys that slug alike ("ONC_7", "ONC-7", "ONC 7") keep apart; plain keys stay readable."""
+    from flows.common import artifact_key
+
+    keys = {artifact_key("open-queries", k) for k in ("ONC_7", "ONC-7", "ONC 7", "onc.7")}
+    assert len(keys) == 4
+    assert artifact_key("open-queries", "PHX-101") == "open-queries-phx-101"
+    for key in keys | {artifact_key("subject", "S/1", "??")}:
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", key), key

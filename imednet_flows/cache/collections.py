@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from imednet_flows.query_state import query_open
+
 Mode = Literal["reference", "changes", "append"]
 Kind = Literal["int", "str", "bool", "float", "ts", "date"]
 
@@ -35,15 +37,6 @@ def snake(name: str) -> str:
             out.append("_")
         out.append(char.lower())
     return "".join(out)
-
-
-def query_open(item: dict[str, Any]) -> int | None:
-    """1 open, 0 closed, None without comments: the latest comment decides (as the SDK)."""
-    comments = item.get("queryComments") or []
-    if not comments:
-        return None
-    latest = max(comments, key=lambda c: c.get("sequence") or 0)
-    return 0 if latest.get("closed") else 1
 
 
 @dataclass(frozen=True)

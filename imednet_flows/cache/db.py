@@ -333,6 +333,12 @@ def migrate(conn: sqlite3.Connection) -> int:
     for target in range(version + 1, SCHEMA_VERSION + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Read again under the write lock: another writer that opened the same old
+            # cache may have run this step while we waited, and running it twice would
+            # fail on its tables or set the version back.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= target:
+                conn.execute("COMMIT")
+                continue
             MIGRATIONS[target](conn)
             conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")

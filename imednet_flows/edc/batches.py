@@ -39,8 +39,8 @@ from imednet_flows.edc.errors import ImednetFlowsError, explain
 from imednet_flows.edc.landing import Landing, at_or_after, landed_rows, since_for
 from imednet_flows.edc.paging import iter_items
 from imednet_flows.edc.validation import RECORD_FIELDS, SUBJECT_FIELDS, RecordItem, row_ranges
-from imednet_flows.filter_syntax import Dnf, FilterError, parse_timestamp, quote_value
-from imednet_flows.timestamps import format_timestamp
+from imednet_flows.filter_syntax import Dnf, quote_value
+from imednet_flows.timestamps import format_timestamp, to_datetime
 
 logger = logging.getLogger("imednet_flows.batches")
 
@@ -307,10 +307,7 @@ def _server_since(batch: _Batch, started: float) -> datetime:
         )
     elapsed = timedelta(seconds=max(0.0, batch.clock() - started))
     stamp = (payload.get("metadata") or {}).get("timestamp") if isinstance(payload, dict) else None
-    try:
-        now = parse_timestamp(stamp) if isinstance(stamp, str) else None
-    except FilterError:
-        now = None
+    now = to_datetime(stamp)
     if now is None:
         logger.warning("the API gave no usable clock; comparing with this machine's clock")
         now = datetime.now(UTC)

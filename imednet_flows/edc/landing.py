@@ -23,7 +23,7 @@ from imednet_flows.edc.validation import (
     Mode,
     RecordItem,
 )
-from imednet_flows.filter_syntax import FilterError, parse_timestamp
+from imednet_flows.timestamps import to_datetime
 
 Row = dict[str, Any]
 
@@ -62,12 +62,8 @@ def data_contains(record_data: Mapping[str, Any] | None, posted: Mapping[str, An
 
 def at_or_after(stamp: Any, since: datetime) -> bool | None:
     """None when the API gave no usable timestamp: then nothing can be concluded."""
-    if not isinstance(stamp, str) or not stamp:
-        return None
-    try:
-        return parse_timestamp(stamp) >= since
-    except FilterError:
-        return None
+    moment = to_datetime(stamp)
+    return None if moment is None else moment >= since
 
 
 @dataclass(frozen=True)

@@ -109,87 +109,106 @@ def _index(rows: dict[Any, dict[str, Any]], *fields: str) -> dict[tuple[str, Any
     return {(f, row.get(f)): row for row in rows.values() for f in fields}
 
 
-def _resolve(
-    store: StudyStore, items: list[dict[str, Any]], as_posted: bool = False
-) -> list[_Target]:
-    t = store.tables
-    forms = _index(t["forms"], "formKey", "formId")
-    sites = _index(t["sites"], "siteName", "siteId")
-    intervals = _index(t["intervals"], "intervalName", "intervalId")
-    subjects = _index(t["subjects"], "subjectKey", "subjectId", "subjectOid")
-    variables: dict[int, dict[str, str]] = {}
-    for var in t["variables"].values():
-        variables.setdefault(var["formId"], {})[var["variableName"]] = var["variableType"]
-    by_oid: dict[str, dict[str, Any]] | None = None
-    errors: list[str] = []
-    targets: list[_Target] = []
+class _Resolver:
+    """Finds what each item of a batch names, collecting every error of the batch so the
+    job's message lists them all, not just the first."""
+
+    def __init__(self, store: StudyStore, as_posted: bool) -> None:
+        t = store.tables
+        self.records = t["records"]
+        self.as_posted = as_posted
+        self.forms = _index(t["forms"], "formKey", "formId")
+        self.sites = _index(t["sites"], "siteName", "siteId")
+        self.intervals = _index(t["intervals"], "intervalName", "intervalId")
+        self.subjects = _index(t["subjects"], "subjectKey", "subjectId", "subjectOid")
+        self.types: dict[int, dict[str, str]] = {}
+        for var in t["variables"].values():
+            self.types.setdefault(var["formId"], {})[var["variableName"]] = var["variableType"]
+        self._by_oid: dict[str, dict[str, Any]] | None = None
+        self.errors: list[str] = []
 
     def lookup(
+        self,
         index: dict[tuple[str, Any], dict[str, Any]],
         item: dict[str, Any],
         fields: tuple[str, ...],
         what: str,
         n: int,
     ) -> dict[str, Any] | None:
+        """The row the item's first given field names; an error when it names none alive."""
         for f in fields:
             if item.get(f) is not None:
                 row = index.get((f, item[f]))
                 if row is None or row.get("deleted"):
-                    errors.append(f"item {n}: unknown {what} {f}={item[f]!r}")
+                    self.errors.append(f"item {n}: unknown {what} {f}={item[f]!r}")
                 return row
         return None
 
-    for n, item in enumerate(items):
-        form = lookup(forms, item, ("formKey", "formId"), "form", n)
+    def target(self, n: int, item: dict[str, Any]) -> _Target | None:
+        """Item `n` resolved, or None when it cannot be (its errors are recorded)."""
+        form = self.lookup(self.forms, item, ("formKey", "formId"), "form", n)
         if form is None:
-            continue
-        types = variables.get(form["formId"], {})
+            return None
+        types = self.types.get(form["formId"], {})
         unknown = sorted(set(item["data"]) - set(types))
         if unknown:
-            errors.append(f"item {n}: unknown variable(s) {unknown} on form {form['formKey']}")
+            self.errors.append(f"item {n}: unknown variable(s) {unknown} on form {form['formKey']}")
         try:
-            target = _Target(form=form, data=read_back_data(item["data"], types, as_posted))
+            target = _Target(form=form, data=read_back_data(item["data"], types, self.as_posted))
         except BadValue as exc:
-            errors.append(f"item {n}: {exc}")
-            continue
+            self.errors.append(f"item {n}: {exc}")
+            return None
         if item.get("recordId") is not None or item.get("recordOid") is not None:
-            if item.get("recordId") is not None:
-                record = t["records"].get(item["recordId"])
-            else:
-                if by_oid is None:
-                    by_oid = {r["recordOid"]: r for r in t["records"].values()}
-                record = by_oid.get(item["recordOid"])
-            if record is None or record.get("deleted"):
-                ref = item.get("recordId", item.get("recordOid"))
-                errors.append(f"item {n}: unknown record {ref!r}")
-            elif record["formId"] != form["formId"]:
-                errors.append(
-                    f"item {n}: record {record['recordId']} is not on form {form['formKey']}"
-                )
-            target.record = record
-            targets.append(target)
-            continue
-        site = lookup(sites, item, ("siteName", "siteId"), "site", n)
-        has_subject = any(
-            item.get(f) is not None for f in ("subjectKey", "subjectId", "subjectOid")
-        )
+            target.record = self._record(n, item, form)
+        else:
+            self._place(n, item, target)
+        return target
+
+    def _record(self, n: int, item: dict[str, Any], form: dict[str, Any]) -> dict[str, Any] | None:
+        """The existing record an update names by recordId or recordOid, on the item's form."""
+        if item.get("recordId") is not None:
+            record = self.records.get(item["recordId"])
+        else:
+            if self._by_oid is None:
+                self._by_oid = {r["recordOid"]: r for r in self.records.values()}
+            record = self._by_oid.get(item["recordOid"])
+        if record is None or record.get("deleted"):
+            ref = item.get("recordId", item.get("recordOid"))
+            self.errors.append(f"item {n}: unknown record {ref!r}")
+        elif record["formId"] != form["formId"]:
+            self.errors.append(
+                f"item {n}: record {record['recordId']} is not on form {form['formKey']}"
+            )
+        return record
+
+    def _place(self, n: int, item: dict[str, Any], target: _Target) -> None:
+        """Where a new record goes: a subject (or a site registering one) and an interval."""
+        site = self.lookup(self.sites, item, ("siteName", "siteId"), "site", n)
+        subject_fields = ("subjectKey", "subjectId", "subjectOid")
         subject = None
-        if has_subject:
+        if any(item.get(f) is not None for f in subject_fields):
             key = item.get("subjectKey")
-            subject = subjects.get(("subjectKey", key)) if key is not None else None
+            subject = self.subjects.get(("subjectKey", key)) if key is not None else None
             if subject is None and site is not None and key is not None:
                 target.register_key = str(key)  # registration with a chosen subject key
             else:
-                subject = lookup(
-                    subjects, item, ("subjectKey", "subjectId", "subjectOid"), "subject", n
-                )
+                subject = self.lookup(self.subjects, item, subject_fields, "subject", n)
         elif site is None and not any(item.get(f) is not None for f in ("siteName", "siteId")):
-            errors.append(f"item {n}: no record, subject or site given; cannot place the data")
+            self.errors.append(f"item {n}: no record, subject or site given; cannot place the data")
         target.site, target.subject = site, subject
-        target.interval = lookup(intervals, item, ("intervalName", "intervalId"), "interval", n)
-        targets.append(target)
-    if errors:
-        raise ItemError("; ".join(errors))
+        target.interval = self.lookup(
+            self.intervals, item, ("intervalName", "intervalId"), "interval", n
+        )
+
+
+def _resolve(
+    store: StudyStore, items: list[dict[str, Any]], as_posted: bool = False
+) -> list[_Target]:
+    """Every item's target, or ItemError naming every bad item: nothing is applied then."""
+    resolver = _Resolver(store, as_posted)
+    targets = [t for n, item in enumerate(items) if (t := resolver.target(n, item)) is not None]
+    if resolver.errors:
+        raise ItemError("; ".join(resolver.errors))
     return targets
 
 

@@ -38,6 +38,7 @@ import gc
 import math
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from statistics import NormalDist
@@ -504,7 +505,7 @@ _WORK_SPAN = 10 * 3600
 _BLANK = 0.05  # share of "" values in recordData
 _EDIT_RATE = 0.2
 _INACTIVE_USER_RATE = 0.14
-#: Users the clinical random stream once drew (see `_generate`).
+#: Users the clinical random stream once drew (see `_skip_former_user_draws`).
 _FORMER_USER_DRAWS = 5
 #: Role index (into ROLES) of user i from the sixth on: site staff outnumber sponsor staff.
 _ROLE_PATTERN = (0, 0, 0, 0, 3, 3, 1, 1, 2, 4)
@@ -746,118 +747,205 @@ def _revisions(
 
 
 def _generate(spec: StudySpec) -> StudyData:
+    """One study from one random stream, part by part in a fixed order: every part draws
+    from the stream, so reordering them would change every seed's data."""
     rng = random.Random(f"imednet-seed:{spec.seed}:{spec.study_id}:{spec.study_key}")
-    rnd = rng.random
-    K = spec.study_key
-    base = spec.study_id * ID_STRIDE
-    strings: dict[str, str] = {}
+    _skip_former_user_draws(rng)
+    users = _generate_users(spec)
+    form_set = _form_set(spec, rng.random)
+    timeline = _timeline(spec)
+    schedule = _schedule(spec, form_set.extra_keys)
+    enroll, subject_sites = _enrollment(spec, rng, timeline)
+    visit_t = _visit_times(enroll, timeline, rng.random)
+    site_names = [nth_site_name(i) for i in range(spec.sites)]
+    subjects, site_last = _subject_rows(
+        spec, enroll, subject_sites, visit_t, site_names, rng.random
+    )
+    sites = _site_rows(spec, site_names, site_last, rng.random)
+    clinical = _Clinical(spec, rng.random, _staff(users), form_set.labels, timeline)
+    plans = _visit_plans(spec, schedule, timeline, form_set)
+    n_int = spec.intervals
+    for idx in sorted(range(len(visit_t)), key=visit_t.__getitem__):  # ids follow time
+        s, j = divmod(idx, n_int)
+        clinical.add_visit(subjects[s], s, j, visit_t[idx], enroll[s] // _DAY, plans[j])
+    return StudyData(
+        study=_study_row(spec),
+        sites=sites,
+        forms=form_set.forms,
+        intervals=_interval_rows(spec, schedule, timeline, form_set),
+        variables=form_set.variables,
+        subjects=subjects,
+        visits=clinical.visits,
+        records=clinical.records,
+        record_revisions=_revisions(
+            clinical.records, clinical.rev_keys, clinical.staff.entry, spec.study_id * ID_STRIDE
+        ),
+        queries=clinical.numbered_queries(),
+        codings=clinical.codings,
+        users=users,
+    )
 
-    study = {
+
+def _study_row(spec: StudySpec) -> dict:
+    key = spec.study_key
+    return {
         "sponsorKey": str(100 + spec.study_id),
-        "studyKey": K,
+        "studyKey": key,
         "studyId": spec.study_id,
-        "studyName": f"{K} Phase II Efficacy and Safety Study",
-        "studyDescription": f"Randomised, double-blind study {K} (emulator seed {spec.seed})",
+        "studyName": f"{key} Phase II Efficacy and Safety Study",
+        "studyDescription": f"Randomised, double-blind study {key} (emulator seed {spec.seed})",
         "studyType": "STUDY",
         "dateCreated": _ts(_work_time(1, 0.12)),
         "dateModified": _ts(_work_time(26, 0.8)),
     }
 
-    # ---- users -------------------------------------------------------------------
-    # Users once came from this stream, five by default: take what they took, so every
-    # seed keeps the clinical data it had (tests and benchmarks pick rows by position).
+
+def _skip_former_user_draws(rng: random.Random) -> None:
+    """Users once came from this stream, five by default: take what they took, so every
+    seed keeps the clinical data it had (tests and benchmarks pick rows by position)."""
+    rnd = rng.random
     for _ in ROLES:
         rnd(), rng.getrandbits(128)
     for _ in range(_FORMER_USER_DRAWS):
         rnd(), rnd(), rng.getrandbits(128)
-    users = _generate_users(spec)
+
+
+@dataclass(frozen=True)
+class _Staff:
+    """Who does what in the seeded history; anyone when nobody holds the roles."""
+
+    #: (login, role name) of those who enter and edit data.
+    entry: list[tuple[str, str]]
+    monitors: list[str]
+    #: Full names, as codings name their coder.
+    coders: list[str]
+
+
+def _staff(users: list[dict]) -> _Staff:
     by_role: dict[str, list[dict]] = {}
     for user in users:
         by_role.setdefault(user["roles"][0]["name"], []).append(user)
 
-    def _people(role_names: tuple[str, ...]) -> list[dict]:
+    def people(role_names: tuple[str, ...]) -> list[dict]:
         found = [u for r in role_names for u in by_role.get(r, [])]
         return found or users
 
-    entry_people = [(u["login"], u["roles"][0]["name"]) for u in _people(ENTRY_ROLES)]
-    if not entry_people:
-        entry_people = [("system", "System")]
-    monitors = [u["login"] for u in _people(_MONITOR_ROLES)] or ["system"]
-    coders = [f"{u['firstName']} {u['lastName']}" for u in _people(CODER_ROLES)] or ["System"]
+    return _Staff(
+        entry=[(u["login"], u["roles"][0]["name"]) for u in people(ENTRY_ROLES)]
+        or [("system", "System")],
+        monitors=[u["login"] for u in people(_MONITOR_ROLES)] or ["system"],
+        coders=[f"{u['firstName']} {u['lastName']}" for u in people(CODER_ROLES)] or ["System"],
+    )
 
-    # ---- forms and variables -----------------------------------------------------
+
+#: How the record loop fills one variable: (name, value pool or None for the visit date,
+#: scale from a uniform draw to a pool index).
+_Fill = tuple[str, Any, float]
+
+
+@dataclass
+class _FormSet:
+    """Forms and variables, and what the record loop needs of them prebuilt."""
+
+    catalogue: list[tuple[str, str, tuple[_Var, ...]]]
+    forms: list[dict] = field(default_factory=list)
+    variables: list[dict] = field(default_factory=list)
+    by_key: dict[str, dict] = field(default_factory=dict)
+    #: formKey -> (variable names, how each is filled).
+    fill: dict[str, tuple[tuple[str, ...], tuple[_Fill, ...]]] = field(default_factory=dict)
+    #: (formKey, variableName) -> label, for query descriptions.
+    labels: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    @property
+    def extra_keys(self) -> tuple[str, ...]:
+        """Form keys beyond the catalogue's, for schedules longer than it."""
+        return tuple(c[0] for c in self.catalogue[len(FORM_CATALOGUE) :])
+
+    def date_question(self, form_key: str) -> tuple[str, str]:
+        """(formName, variableName) of a visit's date: the first variable of its first form."""
+        return self.by_key[form_key]["formName"], self.fill[form_key][0][0]
+
+
+def _form_set(spec: StudySpec, rnd: Callable[[], float]) -> _FormSet:
     n_forms = max(len(FORM_CATALOGUE), spec.forms_per_interval + 1)
-    catalogue = list(FORM_CATALOGUE) + [
-        _extra_form(n) for n in range(len(FORM_CATALOGUE) + 1, n_forms + 1)
-    ]
-    forms: list[dict] = []
-    variables: list[dict] = []
-    form_by_key: dict[str, dict] = {}
-    # formKey -> (names, [(name, pool-or-None, scale)]) for the record hot loop
-    form_fill: dict[str, tuple[tuple[str, ...], tuple[tuple[str, Any, float], ...]]] = {}
-    var_labels: dict[tuple[str, str], str] = {}
-    var_id = base
-    for fi, (fkey, fname, fvars) in enumerate(catalogue):
-        fid = base + fi + 1
+    out = _FormSet(
+        list(FORM_CATALOGUE) + [_extra_form(n) for n in range(len(FORM_CATALOGUE) + 1, n_forms + 1)]
+    )
+    base = spec.study_id * ID_STRIDE
+    strings: dict[str, str] = {}
+    for fi, (fkey, fname, fvars) in enumerate(out.catalogue):
         revision = 1 + int(rnd() * 3)
         t_created = _work_time(3 + fi % 3, rnd())
         t_mod = t_created if revision == 1 else _work_time(10 + int(rnd() * 15), rnd())
-        created_s, mod_s = _ts(t_created), _ts(t_mod)
-        form = {
-            "studyKey": K,
-            "formId": fid,
-            "formKey": fkey,
-            "formName": fname,
-            "formType": "Subject",
-            "revision": revision,
-            "embeddedLog": False,
-            "enforceOwnership": False,
-            "userAgreement": False,
-            "subjectRecordReport": fkey == "REG",
-            "unscheduledVisit": fkey in ("AE", "CM"),
-            "otherForms": False,
-            "eproForm": fkey == "QS",
-            "allowCopy": fkey in ("VS", "LB", "CM"),
-            "disabled": False,
-            "dateCreated": created_s,
-            "dateModified": mod_s,
-        }
-        forms.append(form)
-        form_by_key[fkey] = form
-        fill = []
-        for seq, (vname, vtype, label, src) in enumerate(fvars, start=1):
-            var_id += 1
-            pool = _value_pool(src, strings)
-            if pool is not None:
-                # The extra trailing element guards int(r * scale) against float rounding.
-                fill.append((vname, (*pool, pool[-1]), len(pool) / (1 - _BLANK)))
-            else:
-                fill.append((vname, None, 0.0))
-            var_labels[(fkey, vname)] = label
-            variables.append(
-                {
-                    "studyKey": K,
-                    "variableId": var_id,
-                    "variableType": vtype,
-                    "variableName": vname,
-                    "sequence": seq,
-                    "revision": 1,
-                    "disabled": False,
-                    "dateCreated": created_s,
-                    "dateModified": created_s,
-                    "formId": fid,
-                    "variableOid": f"VAR-{var_id}",
-                    "deleted": False,
-                    "formKey": fkey,
-                    "formName": fname,
-                    "label": label,
-                    "blinded": False,
-                }
-            )
-        form_fill[fkey] = (tuple(v[0] for v in fvars), tuple(fill))
+        form = _form_row(spec.study_key, base + fi + 1, fkey, fname, revision)
+        form["dateCreated"], form["dateModified"] = _ts(t_created), _ts(t_mod)
+        out.forms.append(form)
+        out.by_key[fkey] = form
+        for seq, (vname, vtype, label, _) in enumerate(fvars, start=1):
+            out.labels[(fkey, vname)] = label
+            var_id = base + len(out.variables) + 1
+            out.variables.append(_variable_row(form, var_id, seq, vname, vtype, label))
+        fill = tuple(_fill(vname, src, strings) for vname, _, _, src in fvars)
+        out.fill[fkey] = (tuple(v[0] for v in fvars), fill)
+    return out
 
-    # ---- intervals ---------------------------------------------------------------
-    extras = tuple(c[0] for c in catalogue[len(FORM_CATALOGUE) :])
+
+def _fill(name: str, src: Any, strings: dict[str, str]) -> _Fill:
+    pool = _value_pool(src, strings)
+    if pool is None:
+        return (name, None, 0.0)
+    # The extra trailing element guards int(r * scale) against float rounding.
+    return (name, (*pool, pool[-1]), len(pool) / (1 - _BLANK))
+
+
+def _form_row(study_key: str, form_id: int, fkey: str, fname: str, revision: int) -> dict:
+    """A Form as the API sends it; its dates are set by the caller, as the last fields."""
+    return {
+        "studyKey": study_key,
+        "formId": form_id,
+        "formKey": fkey,
+        "formName": fname,
+        "formType": "Subject",
+        "revision": revision,
+        "embeddedLog": False,
+        "enforceOwnership": False,
+        "userAgreement": False,
+        "subjectRecordReport": fkey == "REG",
+        "unscheduledVisit": fkey in ("AE", "CM"),
+        "otherForms": False,
+        "eproForm": fkey == "QS",
+        "allowCopy": fkey in ("VS", "LB", "CM"),
+        "disabled": False,
+    }
+
+
+def _variable_row(
+    form: dict, var_id: int, seq: int, vname: str, vtype: str, label: str
+) -> dict:  # fmt: skip
+    """A Variable as the API sends it, created with its form."""
+    return {
+        "studyKey": form["studyKey"],
+        "variableId": var_id,
+        "variableType": vtype,
+        "variableName": vname,
+        "sequence": seq,
+        "revision": 1,
+        "disabled": False,
+        "dateCreated": form["dateCreated"],
+        "dateModified": form["dateCreated"],
+        "formId": form["formId"],
+        "variableOid": f"VAR-{var_id}",
+        "deleted": False,
+        "formKey": form["formKey"],
+        "formName": form["formName"],
+        "label": label,
+        "blinded": False,
+    }
+
+
+def _schedule(spec: StudySpec, extras: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Form keys of each interval: Screening opens with REG; later visits share a core and
+    rotate through the rest."""
     fpi = spec.forms_per_interval
     screening = ("REG", *(_SCREENING_ORDER + extras)[: fpi - 1])
     recurring = _RECURRING_ORDER + extras
@@ -868,8 +956,23 @@ def _generate(spec: StudySpec) -> StudyData:
         k = fpi - len(core)
         start = ((j - 1) * max(1, k)) % len(rest)
         schedule.append(core + tuple(rest[(start + x) % len(rest)] for x in range(k)))
+    return schedule
 
-    # Nominal day offsets: Screening, Baseline (day 14), then weeks after baseline.
+
+@dataclass(frozen=True)
+class _Timeline:
+    """The protocol's visit schedule: names, nominal days after enrollment, windows."""
+
+    names: list[str]
+    offsets: list[int]
+    #: Days a visit may fall either side of its nominal day.
+    slacks: list[int]
+    #: Days over which subjects enroll, so the last visit of the last one stays in 2025.
+    enroll_days: int
+
+
+def _timeline(spec: StudySpec) -> _Timeline:
+    """Screening, Baseline (day 14), then weeks after baseline; long schedules compressed."""
     offsets = [0]
     names = ["Screening"]
     for j in range(1, spec.intervals):
@@ -888,21 +991,23 @@ def _generate(spec: StudySpec) -> StudyData:
     slacks = [0] + [
         max(0, min(3, (offsets[j] - offsets[j - 1] - 1) // 3)) for j in range(1, spec.intervals)
     ]
-    enroll_days = span_days - offsets[-1]
+    return _Timeline(names, offsets, slacks, span_days - offsets[-1])
 
-    intervals: list[dict] = []
-    interval_info = []  # (intervalId, name, visitDateForm, visitDateQuestion, form keys)
+
+def _interval_rows(
+    spec: StudySpec, schedule: list[tuple[str, ...]], timeline: _Timeline, form_set: _FormSet
+) -> list[dict]:
+    base = spec.study_id * ID_STRIDE
+    names, offsets, slacks = timeline.names, timeline.offsets, timeline.slacks
     t_int = _work_time(6, 0.3)
-    for j in range(spec.intervals):
-        iid = base + j + 1
-        sched = schedule[j]
-        first_form = form_by_key[sched[0]]
-        date_q = form_fill[sched[0]][0][0]
+    intervals: list[dict] = []
+    for j, sched in enumerate(schedule):
+        date_form, date_q = form_set.date_question(sched[0])
         group = (1, "Screening") if j == 0 else (2, "Treatment")
         intervals.append(
             {
-                "studyKey": K,
-                "intervalId": iid,
+                "studyKey": spec.study_key,
+                "intervalId": base + j + 1,
                 "intervalName": names[j],
                 "intervalDescription": f"{names[j]} visit",
                 "intervalSequence": (j + 1) * 10,
@@ -912,7 +1017,7 @@ def _generate(spec: StudySpec) -> StudyData:
                 "definedUsingInterval": "" if j == 0 else names[0],
                 "windowCalculationForm": "" if j == 0 else "Registration",
                 "windowCalculationDate": "" if j == 0 else "regdt",
-                "actualDateForm": first_form["formName"],
+                "actualDateForm": date_form,
                 "actualDate": date_q,
                 "dueDateWillBeIn": offsets[j],
                 "negativeSlack": slacks[j],
@@ -920,9 +1025,9 @@ def _generate(spec: StudySpec) -> StudyData:
                 "eproGracePeriod": 2 if "QS" in sched else 0,
                 "forms": [
                     {
-                        "formId": form_by_key[k]["formId"],
+                        "formId": form_set.by_key[k]["formId"],
                         "formKey": k,
-                        "formName": form_by_key[k]["formName"],
+                        "formName": form_set.by_key[k]["formName"],
                     }
                     for k in sched
                 ],
@@ -931,66 +1036,90 @@ def _generate(spec: StudySpec) -> StudyData:
                 "dateModified": _ts(t_int + (14 * _DAY if j % 3 == 2 else 0)),
             }
         )
-        interval_info.append((iid, names[j], first_form["formName"], date_q, sched))
+    return intervals
 
-    # ---- sites and subjects ------------------------------------------------------
-    n_sites = spec.sites
-    site_names = [nth_site_name(i) for i in range(n_sites)]
-    site_w = [0.5 + rnd() for _ in range(n_sites)]
-    n_subj = spec.subjects
+
+def _enrollment(
+    spec: StudySpec, rng: random.Random, timeline: _Timeline
+) -> tuple[list[int], list[int]]:
+    """Enrollment instants in time order, and each subject's site (busier sites weigh more)."""
+    rnd = rng.random
+    site_w = [0.5 + rnd() for _ in range(spec.sites)]
     enroll = sorted(
-        _work_time(_FIRST_ENROLL_DAY + int(rnd() * enroll_days), rnd()) for _ in range(n_subj)
+        _work_time(_FIRST_ENROLL_DAY + int(rnd() * timeline.enroll_days), rnd())
+        for _ in range(spec.subjects)
     )
-    subj_site = rng.choices(range(n_sites), weights=site_w, k=n_subj)
-    per_site = [0] * n_sites
-    for s in subj_site:
-        per_site[s] += 1
-    seq_w = max(3, len(str(max(per_site, default=0))))
-    site_w_digits = max(2, len(str(n_sites)))
+    return enroll, rng.choices(range(spec.sites), weights=site_w, k=spec.subjects)
 
-    n_int = spec.intervals
-    # Visit instants, flat [subject * n_int + interval]; later visits never precede earlier.
-    visit_t: list[int] = [0] * (n_subj * n_int)
-    for s in range(n_subj):
-        e = enroll[s]
+
+def _visit_times(enroll: list[int], timeline: _Timeline, rnd: Callable[[], float]) -> list[int]:
+    """Visit instants, flat [subject * intervals + interval]; later visits never precede
+    earlier ones."""
+    n_int = len(timeline.offsets)
+    visit_t: list[int] = [0] * (len(enroll) * n_int)
+    for s, e in enumerate(enroll):
         e_day = e // _DAY
         visit_t[s * n_int] = e
         for j in range(1, n_int):
-            sl = slacks[j]
-            day = e_day + offsets[j] + (int(rnd() * (2 * sl + 1)) - sl if sl else 0)
+            sl = timeline.slacks[j]
+            day = e_day + timeline.offsets[j] + (int(rnd() * (2 * sl + 1)) - sl if sl else 0)
             visit_t[s * n_int + j] = _work_time(day, rnd())
+    return visit_t
 
-    subjects: list[dict] = []
+
+def _keyword_defs(spec: StudySpec) -> list[tuple[str, str, int]]:
+    base = spec.study_id * ID_STRIDE
+    return [(n, k, base + i + 1) for i, (n, k) in enumerate(_KEYWORDS)]
+
+
+def _keyword(definition: tuple[str, str, int], added: str) -> dict:
+    name, key, keyword_id = definition
+    return {"keywordName": name, "keywordKey": key, "keywordId": keyword_id, "dateAdded": added}
+
+
+def _subject_status(r: float) -> str:
+    if r < 0.08:
+        return "Screened"
+    if r < 0.17:
+        return "Withdrawn"
+    return "Enrolled" if r < 0.55 else "Completed"
+
+
+def _subject_rows(
+    spec: StudySpec,
+    enroll: list[int],
+    subject_sites: list[int],
+    visit_t: list[int],
+    site_names: list[str],
+    rnd: Callable[[], float],
+) -> tuple[list[dict], list[int]]:
+    """Subjects in enrollment order, keyed per site (``01-001``), and each site's latest
+    enrollment instant."""
+    n_sites, n_int, base = spec.sites, spec.intervals, spec.study_id * ID_STRIDE
+    per_site = [0] * n_sites
+    for si in subject_sites:
+        per_site[si] += 1
+    seq_w = max(3, len(str(max(per_site, default=0))))
+    site_w_digits = max(2, len(str(n_sites)))
+    kw_defs = _keyword_defs(spec)
     site_seq = [0] * n_sites
     site_last = [0] * n_sites
-    kw_defs = [(n, k, base + i + 1) for i, (n, k) in enumerate(_KEYWORDS)]
-    for s in range(n_subj):
-        si = subj_site[s]
+    subjects: list[dict] = []
+    for s, (t0, si) in enumerate(zip(enroll, subject_sites, strict=True)):
         site_seq[si] += 1
-        sid = base + s + 1
-        t0 = enroll[s]
         site_last[si] = max(site_last[si], t0)
-        r = rnd()
-        if r < 0.08:
-            status = "Screened"
-        elif r < 0.17:
-            status = "Withdrawn"
-        elif r < 0.55:
-            status = "Enrolled"
-        else:
-            status = "Completed"
+        status = _subject_status(rnd())
         t_mod = visit_t[s * n_int + n_int - 1] if status in ("Completed", "Withdrawn") else t0
         keywords = []
         if rnd() < 0.1:
-            kn, kk, kid = kw_defs[int(rnd() * len(kw_defs))]
+            definition = kw_defs[int(rnd() * len(kw_defs))]
             t_mod = max(t_mod, t0 + _DAY)
-            keywords.append(
-                {"keywordName": kn, "keywordKey": kk, "keywordId": kid, "dateAdded": _ts(t_mod)}
-            )
+            keywords.append(_keyword(definition, _ts(t_mod)))
+        sid = base + s + 1
         t0_s = _ts(t0)
         subjects.append(
             {
-                "studyKey": K,
+                "studyKey": spec.study_key,
                 "subjectId": sid,
                 "subjectOid": f"OID-{sid}",
                 "subjectKey": f"{si + 1:0{site_w_digits}d}-{site_seq[si]:0{seq_w}d}",
@@ -1004,277 +1133,347 @@ def _generate(spec: StudySpec) -> StudyData:
                 "keywords": keywords,
             }
         )
+    return subjects, site_last
 
+
+def _site_rows(
+    spec: StudySpec, site_names: list[str], site_last: list[int], rnd: Callable[[], float]
+) -> list[dict]:
+    """Sites, a quarter of the later ones closed to enrollment a month after their last."""
+    base = spec.study_id * ID_STRIDE
     sites: list[dict] = []
-    for i in range(n_sites):
+    for i, name in enumerate(site_names):
         t_c = _work_time(2 + (i * 3) % 27, rnd())
         closed = i > 0 and rnd() < 0.25
         t_m = max(site_last[i], t_c) + 30 * _DAY if closed else t_c + 2 * _DAY
         sites.append(
             {
-                "studyKey": K,
+                "studyKey": spec.study_key,
                 "siteId": base + i + 1,
-                "siteName": site_names[i],
+                "siteName": name,
                 "siteEnrollmentStatus": "Enrollment Closed" if closed else "Enrollment Open",
                 "dateCreated": _ts(t_c),
                 "dateModified": _ts(min(t_m, _EDIT_END)),
             }
         )
+    return sites
 
-    # ---- visits, records, revisions, codings, queries --------------------------------
-    order = sorted(range(n_subj * n_int), key=visit_t.__getitem__)  # ids follow time
-    n_records = spec.record_count
-    bulk_p = max(0.03, min(0.5, 150 / n_records)) if n_records else 0.0
-    bulk_s = _ts(_BULK_T)
-    del_rate = spec.soft_deleted_rate
-    q_whole = int(spec.query_rate)
-    q_frac = spec.query_rate - q_whole
-    closed_rate = spec.closed_query_rate
-    n_entry = len(entry_people)
-    n_mon = len(monitors)
-    visits: list[dict] = []
-    records: list[dict] = []
-    rev_keys: list[int] = []
-    key_shift = _REV_BITS + 2
-    codings: list[dict] = []
-    pending_q: list[tuple[int, int, dict]] = []
-    desc_cache: dict[tuple[str, str], str] = {}
-    coding_id = base
-    vid = base
-    rid = base
-    # Per-interval prebuilt data: (intervalId, name, date form, date question,
-    # [(form dict, fill spec, variable names, coding spec)])
-    int_plan = [
+
+#: What a visit of one interval holds, prebuilt: (intervalId, intervalName, visitDateForm,
+#: visitDateQuestion, [(form, how its variables are filled, variable names, coding)]).
+_VisitPlan = tuple[int, str, str, str, list[tuple[dict, tuple[_Fill, ...], tuple[str, ...], Any]]]
+
+
+def _visit_plans(
+    spec: StudySpec, schedule: list[tuple[str, ...]], timeline: _Timeline, form_set: _FormSet
+) -> list[_VisitPlan]:
+    base = spec.study_id * ID_STRIDE
+    fill = form_set.fill
+    return [
         (
-            iid,
-            iname,
-            dform,
-            dq,
-            [(form_by_key[k], form_fill[k][1], form_fill[k][0], CODED_FORMS.get(k)) for k in sched],
+            base + j + 1,
+            timeline.names[j],
+            *form_set.date_question(sched[0]),
+            [(form_set.by_key[k], fill[k][1], fill[k][0], CODED_FORMS.get(k)) for k in sched],
         )
-        for iid, iname, dform, dq, sched in interval_info
+        for j, sched in enumerate(schedule)
     ]
-    for idx in order:
-        s, j = divmod(idx, n_int)
-        subj = subjects[s]
-        t_v = visit_t[idx]
+
+
+def _comment_kind(
+    seq: int, n_comments: int, closed: bool, reopened: bool
+) -> tuple[str, bool, tuple[str, ...], bool]:
+    """(annotationStatus, written by the monitor, texts to pick from, closed) of a query's
+    comment number `seq`: the monitor opens, site staff answer, the monitor closes, re-opens
+    or follows up."""
+    if seq == 1:
+        return "Monitor Query Open", True, _Q_OPEN, False
+    if (closed and seq == n_comments) or (reopened and seq == 2):
+        return "Monitor Query Closed", True, _Q_CLOSE, True
+    if reopened:
+        return "Monitor Query Re-opened", True, _Q_REOPEN, False
+    if seq == 3:  # open, 3 comments: monitor follows up the answer
+        return "Monitor Query Open", True, _Q_FOLLOW_UP, False
+    return "Monitor Query Answered", False, _Q_ANSWER, False
+
+
+class _Clinical:
+    """Visits in time order with their records, audit keys, codings and queries: the bulk of
+    a study, drawn visit by visit from the study's one stream. Ids are counted from the rows
+    made so far, so they follow time as the visits do."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        rnd: Callable[[], float],
+        staff: _Staff,
+        labels: dict[tuple[str, str], str],
+        timeline: _Timeline,
+    ) -> None:
+        self.rnd = rnd
+        self.study_key = spec.study_key
+        self.base = spec.study_id * ID_STRIDE
+        self.staff = staff
+        self.labels = labels
+        self.timeline = timeline
+        self.kw_defs = _keyword_defs(spec)
+        n_records = spec.record_count
+        self.bulk_p = max(0.03, min(0.5, 150 / n_records)) if n_records else 0.0
+        self.bulk_s = _ts(_BULK_T)
+        self.del_rate = spec.soft_deleted_rate
+        self.q_whole = int(spec.query_rate)
+        self.q_frac = spec.query_rate - self.q_whole
+        self.closed_rate = spec.closed_query_rate
+        self.visits: list[dict] = []
+        self.records: list[dict] = []
+        #: Revision sort keys: (time, record index, kind); kind 0 entry, 1 edit, 2 soft
+        #: delete, 3 migration. Integers sort fast and hold no objects.
+        self.rev_keys: list[int] = []
+        self.codings: list[dict] = []
+        self.pending_q: list[tuple[int, int, dict]] = []
+        self.desc_cache: dict[tuple[str, str], str] = {}
+
+    def add_visit(
+        self, subject: dict, s: int, j: int, t_v: int, enroll_day: int, plan: _VisitPlan
+    ) -> None:
+        """Subject number `s`'s visit of interval `j`, at `t_v`, with one record per form."""
+        rnd = self.rnd
         v_day = t_v // _DAY
         vdate = _DATES[v_day]
         t_v_s = _ts(t_v)
-        iid, iname, dform, dq, plan = int_plan[j]
-        vid += 1
+        visit = self._visit_row(subject, j, v_day, t_v_s, enroll_day, plan)
+        self.visits.append(visit)
+        # Edits of this visit's records happen in one later session (shared second).
+        t_edit = min(_work_time(v_day + 1 + int(rnd() * 20), rnd()), _EDIT_END)
+        edit = (t_edit, _ts(t_edit))
+        e_login = self.staff.entry[s % len(self.staff.entry)][0]
+        monitor = self.staff.monitors[(s + j) % len(self.staff.monitors)]
+        for form, fill, vnames, coded in plan[4]:
+            record = self._add_record(subject, visit, form, fill, vdate, (t_v, t_v_s), edit)
+            if coded is not None:
+                self._add_coding(subject, record, form, coded, v_day)
+            self._add_queries(subject, record, vnames, v_day, (monitor, e_login))
+
+    def _visit_row(
+        self, subject: dict, j: int, v_day: int, t_v_s: str, enroll_day: int, plan: _VisitPlan
+    ) -> dict:
+        vdate = _DATES[v_day]
         if j == 0:
             start_d, end_d, due_d = vdate, _DATES[min(v_day + 14, _N_DAYS - 1)], None
         else:
-            target = enroll[s] // _DAY + offsets[j]
-            sl = slacks[j]
+            target = enroll_day + self.timeline.offsets[j]
+            sl = self.timeline.slacks[j]
             start_d, end_d, due_d = _DATES[target - sl], _DATES[target + sl], _DATES[target]
-        subject_id = subj["subjectId"]
-        subject_key = subj["subjectKey"]
-        subject_oid = subj["subjectOid"]
-        site_id = subj["siteId"]
-        site_name = subj["siteName"]
-        visits.append(
+        return {
+            "studyKey": self.study_key,
+            "visitId": self.base + len(self.visits) + 1,
+            "intervalId": plan[0],
+            "intervalName": plan[1],
+            "subjectId": subject["subjectId"],
+            "subjectKey": subject["subjectKey"],
+            "startDate": start_d,
+            "endDate": end_d,
+            "dueDate": due_d,
+            "visitDate": vdate,
+            "visitDateForm": plan[2],
+            "visitDateQuestion": plan[3],
+            "deleted": False,
+            "dateCreated": t_v_s,
+            "dateModified": t_v_s,
+        }
+
+    def _add_record(
+        self,
+        subject: dict,
+        visit: dict,
+        form: dict,
+        fill: tuple[_Fill, ...],
+        vdate: str,
+        entered: tuple[int, str],
+        edit: tuple[int, str],
+    ) -> dict:
+        """A record of the visit, entered at `entered` and perhaps edited at `edit`, soft
+        deleted, or re-saved by the migration: its revision keys go to `rev_keys`."""
+        rnd = self.rnd
+        data = {}
+        for name, pool, scale in fill:
+            r = rnd()
+            if r < _BLANK:
+                data[name] = ""
+            elif pool is None:
+                data[name] = vdate
+            else:
+                data[name] = pool[int((r - _BLANK) * scale)]
+        status = "Record Incomplete" if "" in data.values() else "Record Complete"
+        deleted, t_m_s = self._history(entered, edit)
+        keywords = []
+        if rnd() < 0.02:
+            keywords.append(_keyword(self.kw_defs[int(rnd() * len(self.kw_defs))], t_m_s))
+        rid = self.base + len(self.records) + 1
+        record = {
+            "studyKey": self.study_key,
+            "intervalId": visit["intervalId"],
+            "formId": form["formId"],
+            "formKey": form["formKey"],
+            "siteId": subject["siteId"],
+            "recordId": rid,
+            "recordOid": f"REC-{rid}",
+            "recordType": "SUBJECT",
+            "recordStatus": status,
+            "deleted": deleted,
+            "dateCreated": entered[1],
+            "dateModified": t_m_s,
+            "subjectId": subject["subjectId"],
+            "subjectOid": subject["subjectOid"],
+            "subjectKey": subject["subjectKey"],
+            "visitId": visit["visitId"],
+            "parentRecordId": 0,
+            "keywords": keywords,
+            "recordData": data,
+        }
+        self.records.append(record)
+        return record
+
+    def _history(self, entered: tuple[int, str], edit: tuple[int, str]) -> tuple[bool, str]:
+        """(deleted, dateModified) of the next record, whose revision keys it adds."""
+        rnd = self.rnd
+        rec_key = len(self.records) << 2
+        shift = _REV_BITS + 2
+        r = rnd()
+        deleted = r < self.del_rate
+        self.rev_keys.append(entered[0] << shift | rec_key)
+        if deleted or r < _EDIT_RATE:
+            modified = edit[1]
+            self.rev_keys.append(edit[0] << shift | rec_key | (2 if deleted else 1))
+        else:
+            modified = entered[1]
+        if not deleted and rnd() < self.bulk_p:
+            modified = self.bulk_s
+            self.rev_keys.append(_BULK_T << shift | rec_key | 3)
+        return deleted, modified
+
+    def _add_coding(
+        self, subject: dict, record: dict, form: dict, coded: tuple, v_day: int
+    ) -> None:
+        """The coding of the record's coded term, when it is not blank; a tenth re-coded."""
+        cvar, dict_name, dict_ver, mapping = coded
+        term = record["recordData"][cvar]
+        if not term:
+            return
+        rnd = self.rnd
+        t_c = _work_time(v_day + 2 + int(rnd() * 10), rnd())
+        rev = 2 if rnd() < 0.1 else 1  # re-coded after a dictionary upversion
+        coding_id = self.base + len(self.codings) + 1
+        coders = self.staff.coders
+        self.codings.append(
             {
-                "studyKey": K,
-                "visitId": vid,
-                "intervalId": iid,
-                "intervalName": iname,
-                "subjectId": subject_id,
-                "subjectKey": subject_key,
-                "startDate": start_d,
-                "endDate": end_d,
-                "dueDate": due_d,
-                "visitDate": vdate,
-                "visitDateForm": dform,
-                "visitDateQuestion": dq,
-                "deleted": False,
-                "dateCreated": t_v_s,
-                "dateModified": t_v_s,
+                "studyKey": self.study_key,
+                "siteName": subject["siteName"],
+                "siteId": subject["siteId"],
+                "subjectId": subject["subjectId"],
+                "subjectKey": subject["subjectKey"],
+                "formId": form["formId"],
+                "formName": form["formName"],
+                "formKey": form["formKey"],
+                "revision": rev,
+                "recordId": record["recordId"],
+                "variable": cvar,
+                "value": term,
+                "codingId": coding_id,
+                "code": mapping[term],
+                "codedBy": coders[(coding_id + rev) % len(coders)],
+                "reason": "Initial coding" if rev == 1 else "Recoded after dictionary upversion",
+                "dictionaryName": dict_name,
+                "dictionaryVersion": dict_ver,
+                "dateCoded": _ts(t_c + (rev - 1) * 21 * _DAY),
             }
         )
-        # Edits of this visit's records happen in one later session (shared second).
-        t_edit = min(_work_time(v_day + 1 + int(rnd() * 20), rnd()), _EDIT_END)
-        t_edit_s = _ts(t_edit)
-        e_login = entry_people[s % n_entry][0]
-        for form, fill, vnames, coded in plan:
-            rid += 1
-            data = {}
-            for name, pool, scale in fill:
-                r = rnd()
-                if r < _BLANK:
-                    data[name] = ""
-                elif pool is None:
-                    data[name] = vdate
-                else:
-                    data[name] = pool[int((r - _BLANK) * scale)]
-            status = "Record Incomplete" if "" in data.values() else "Record Complete"
+
+    def _add_queries(
+        self,
+        subject: dict,
+        record: dict,
+        vnames: tuple[str, ...],
+        v_day: int,
+        people: tuple[str, str],
+    ) -> None:
+        """The record's queries (`query_rate` on average), numbered later in creation order;
+        `people` is (monitor, site user) of the visit."""
+        rnd = self.rnd
+        rid = record["recordId"]
+        for _ in range(self.q_whole + (1 if rnd() < self.q_frac else 0)):
             r = rnd()
-            deleted = r < del_rate
-            # Revision sort keys: (time, record index, kind); kind 0 entry, 1 edit,
-            # 2 soft delete, 3 migration. Integers sort fast and hold no objects.
-            rec_key = len(records) << 2
-            rev_keys.append(t_v << key_shift | rec_key)
-            if deleted or r < _EDIT_RATE:
-                t_m, t_m_s = t_edit, t_edit_s
-                rev_keys.append(t_edit << key_shift | rec_key | (2 if deleted else 1))
+            if r < 0.82:
+                a_type, variable, q_rid = "question", vnames[int(rnd() * len(vnames))], rid
+            elif r < 0.93:
+                a_type, variable, q_rid = "record", "", rid
             else:
-                t_m, t_m_s = t_v, t_v_s
-            if not deleted and rnd() < bulk_p:
-                t_m, t_m_s = _BULK_T, bulk_s
-                rev_keys.append(_BULK_T << key_shift | rec_key | 3)
-            keywords = []
-            if rnd() < 0.02:
-                kn, kk, kid = kw_defs[int(rnd() * len(kw_defs))]
-                keywords.append(
-                    {"keywordName": kn, "keywordKey": kk, "keywordId": kid, "dateAdded": t_m_s}
-                )
-            fkey = form["formKey"]
-            records.append(
+                a_type, variable, q_rid = "subject", "", 0
+            desc = self._description(a_type, variable, record["formKey"])
+            t_q = _work_time(v_day + 1 + int(rnd() * 14), rnd())
+            comments, t_last = self._comments(t_q, people) if rnd() >= 0.05 else ([], t_q)
+            query = {
+                "studyKey": self.study_key,
+                "subjectId": subject["subjectId"],
+                "subjectOid": subject["subjectOid"],
+                "annotationType": a_type,
+                "annotationId": 0,  # assigned by `numbered_queries`, in creation order
+                "type": _Q_TYPES[int(rnd() * len(_Q_TYPES))],
+                "description": desc,
+                "recordId": q_rid,
+                "variable": variable,
+                "subjectKey": subject["subjectKey"],
+                "dateCreated": _ts(t_q),
+                "dateModified": _ts(t_last),
+                "queryComments": comments,
+            }
+            self.pending_q.append((min(t_q, _CAP), rid, query))
+
+    def _description(self, a_type: str, variable: str, form_key: str) -> str:
+        """A description for the query type; a variable's label follows, one string shared
+        by every query of that description and variable."""
+        descs = _Q_DESC[a_type]
+        desc = descs[int(self.rnd() * len(descs))]
+        if not variable:
+            return desc
+        key = (desc, self.labels[(form_key, variable)])
+        cached = self.desc_cache.get(key)
+        if cached is None:
+            cached = self.desc_cache[key] = f"{key[0]}: {key[1]}"
+        return cached
+
+    def _comments(self, t_q: int, people: tuple[str, str]) -> tuple[list[dict], int]:
+        """A comment thread opened at `t_q`: closed, re-opened, answered or just opened.
+        Returns the comments and the instant of the last one."""
+        rnd = self.rnd
+        closed = rnd() < self.closed_rate
+        n_c = 1 + int(rnd() * 3)
+        if closed and n_c == 1:
+            n_c = 2
+        reopened = not closed and n_c == 3 and rnd() < 0.35
+        comments: list[dict] = []
+        t_last = t_q
+        for seq in range(1, n_c + 1):
+            status, by_monitor, pool, is_closed = _comment_kind(seq, n_c, closed, reopened)
+            if seq > 1:
+                t_last = _work_time(t_last // _DAY + 1 + int(rnd() * 10), rnd())
+            comments.append(
                 {
-                    "studyKey": K,
-                    "intervalId": iid,
-                    "formId": form["formId"],
-                    "formKey": fkey,
-                    "siteId": site_id,
-                    "recordId": rid,
-                    "recordOid": f"REC-{rid}",
-                    "recordType": "SUBJECT",
-                    "recordStatus": status,
-                    "deleted": deleted,
-                    "dateCreated": t_v_s,
-                    "dateModified": t_m_s,
-                    "subjectId": subject_id,
-                    "subjectOid": subject_oid,
-                    "subjectKey": subject_key,
-                    "visitId": vid,
-                    "parentRecordId": 0,
-                    "keywords": keywords,
-                    "recordData": data,
+                    "sequence": seq,
+                    "annotationStatus": status,
+                    "user": people[0] if by_monitor else people[1],
+                    "comment": pool[int(rnd() * len(pool))],
+                    "closed": is_closed,
+                    "date": _ts(t_last),
                 }
             )
+        return comments, t_last
 
-            if coded is not None:
-                cvar, dict_name, dict_ver, mapping = coded
-                term = data[cvar]
-                if term:
-                    t_c = _work_time(v_day + 2 + int(rnd() * 10), rnd())
-                    rev = 2 if rnd() < 0.1 else 1  # re-coded after a dictionary upversion
-                    coding_id += 1
-                    codings.append(
-                        {
-                            "studyKey": K,
-                            "siteName": site_name,
-                            "siteId": site_id,
-                            "subjectId": subject_id,
-                            "subjectKey": subject_key,
-                            "formId": form["formId"],
-                            "formName": form["formName"],
-                            "formKey": fkey,
-                            "revision": rev,
-                            "recordId": rid,
-                            "variable": cvar,
-                            "value": term,
-                            "codingId": coding_id,
-                            "code": mapping[term],
-                            "codedBy": coders[(coding_id + rev) % len(coders)],
-                            "reason": "Initial coding"
-                            if rev == 1
-                            else "Recoded after dictionary upversion",
-                            "dictionaryName": dict_name,
-                            "dictionaryVersion": dict_ver,
-                            "dateCoded": _ts(t_c + (rev - 1) * 21 * _DAY),
-                        }
-                    )
-
-            n_q = q_whole + (1 if rnd() < q_frac else 0)
-            for _ in range(n_q):
-                r = rnd()
-                if r < 0.82:
-                    a_type = "question"
-                    variable = vnames[int(rnd() * len(vnames))]
-                    q_rid = rid
-                elif r < 0.93:
-                    a_type, variable, q_rid = "record", "", rid
-                else:
-                    a_type, variable, q_rid = "subject", "", 0
-                descs = _Q_DESC[a_type]
-                desc = descs[int(rnd() * len(descs))]
-                if variable:
-                    ck = (desc, var_labels[(fkey, variable)])
-                    cached = desc_cache.get(ck)
-                    if cached is None:
-                        cached = desc_cache[ck] = f"{ck[0]}: {ck[1]}"
-                    desc = cached
-                t_q = _work_time(v_day + 1 + int(rnd() * 14), rnd())
-                comments: list[dict] = []
-                t_last = t_q
-                if rnd() >= 0.05:
-                    closed = rnd() < closed_rate
-                    n_c = 1 + int(rnd() * 3)
-                    if closed and n_c == 1:
-                        n_c = 2
-                    reopened = not closed and n_c == 3 and rnd() < 0.35
-                    mon = monitors[(s + j) % n_mon]
-                    for seq in range(1, n_c + 1):
-                        if seq == 1:
-                            st, who, pool, cl = "Monitor Query Open", mon, _Q_OPEN, False
-                        elif (closed and seq == n_c) or (reopened and seq == 2):
-                            st, who, pool, cl = "Monitor Query Closed", mon, _Q_CLOSE, True
-                        elif reopened:
-                            st, who, pool, cl = "Monitor Query Re-opened", mon, _Q_REOPEN, False
-                        elif seq == 3:  # open, 3 comments: monitor follows up the answer
-                            st, who, pool, cl = "Monitor Query Open", mon, _Q_FOLLOW_UP, False
-                        else:
-                            st, who, pool, cl = "Monitor Query Answered", e_login, _Q_ANSWER, False
-                        if seq > 1:
-                            t_last = _work_time(t_last // _DAY + 1 + int(rnd() * 10), rnd())
-                        comments.append(
-                            {
-                                "sequence": seq,
-                                "annotationStatus": st,
-                                "user": who,
-                                "comment": pool[int(rnd() * len(pool))],
-                                "closed": cl,
-                                "date": _ts(t_last),
-                            }
-                        )
-                q = {
-                    "studyKey": K,
-                    "subjectId": subject_id,
-                    "subjectOid": subject_oid,
-                    "annotationType": a_type,
-                    "annotationId": 0,  # assigned below, in creation order
-                    "type": _Q_TYPES[int(rnd() * len(_Q_TYPES))],
-                    "description": desc,
-                    "recordId": q_rid,
-                    "variable": variable,
-                    "subjectKey": subject_key,
-                    "dateCreated": _ts(t_q),
-                    "dateModified": _ts(t_last),
-                    "queryComments": comments,
-                }
-                pending_q.append((min(t_q, _CAP), rid, q))
-
-    record_revisions = _revisions(records, rev_keys, entry_people, base)
-
-    pending_q.sort(key=lambda x: (x[0], x[1]))
-    queries: list[dict] = []
-    for n, (_, _, q) in enumerate(pending_q, start=1):
-        q["annotationId"] = base + n
-        queries.append(q)
-
-    return StudyData(
-        study=study,
-        sites=sites,
-        forms=forms,
-        intervals=intervals,
-        variables=variables,
-        subjects=subjects,
-        visits=visits,
-        records=records,
-        record_revisions=record_revisions,
-        queries=queries,
-        codings=codings,
-        users=users,
-    )
+    def numbered_queries(self) -> list[dict]:
+        """The queries in creation order (ties by record), numbered in that order."""
+        self.pending_q.sort(key=lambda x: (x[0], x[1]))
+        queries: list[dict] = []
+        for n, (_, _, query) in enumerate(self.pending_q, start=1):
+            query["annotationId"] = self.base + n
+            queries.append(query)
+        return queries

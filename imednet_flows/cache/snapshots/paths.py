@@ -8,7 +8,6 @@ checked to resolve inside its parent, so no key can make a write land elsewhere.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,34 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from imednet_flows.file_names import safe_name
+
 LATEST = "latest"
 MANIFEST = "manifest.json"
 TMP_PREFIX = ".tmp-"
 LINK_TMP_PREFIX = ".latest-tmp-"
 
 _SET_NAME = re.compile(r"^(\d{8}T\d{6}Z)(?:-(\d+))?$")
-_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_MAX_NAME = 80
 
 
 class UnsafeSnapshotPath(ValueError):
     """A study or form key would have resolved outside its snapshot directory."""
-
-
-def safe_name(key: str) -> str:
-    """A directory/file name for a key, distinct for distinct keys.
-
-    Keys made only of ``[A-Za-z0-9._-]`` (not starting with a dot) are used as they are,
-    so ``PHX-101`` stays readable. Anything else is sanitised and suffixed with ``~`` and a
-    hash of the original key; ``~`` never survives sanitising, so a suffixed name can never
-    equal an unchanged one, and two suffixed names differ unless their hashes collide.
-    (On a case-insensitive file system, keys differing only in case still share a name.)
-    """
-    cleaned = _SAFE_CHARS.sub("_", key).lstrip(".")[:_MAX_NAME]
-    if cleaned == key and cleaned:
-        return cleaned
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    return f"{cleaned or 'key'}~{digest}"
 
 
 def inside(base: Path, name: str) -> Path:
