@@ -564,6 +564,28 @@ def _previous_set(study_dir: Path) -> Path | None:
     return previous
 
 
+def _manifest(
+    study_key: str,
+    name: str,
+    now: datetime,
+    version: int,
+    result: SnapshotResult,
+    collections: dict[str, Any],
+    forms: dict[str, Any],
+) -> dict[str, Any]:
+    """What a set holds and at which data version: readers and the next set rely on it."""
+    return {
+        "format": FORMAT_VERSION,
+        "study_key": study_key,
+        "name": name,
+        "created": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "data_version": version,
+        "rows": result.rows,
+        "collections": collections,
+        "forms": forms,
+    }
+
+
 def write_snapshot(
     conn: sqlite3.Connection,
     study_key: str,
@@ -614,16 +636,7 @@ def write_snapshot(
     result.data_version = version
     result.rebuilt = baseline.reason
 
-    manifest = {
-        "format": FORMAT_VERSION,
-        "study_key": study_key,
-        "name": name,
-        "created": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "data_version": version,
-        "rows": result.rows,
-        "collections": collections,
-        "forms": forms,
-    }
+    manifest = _manifest(study_key, name, now, version, result, collections, forms)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
 
     crash_point("snapshot.before-rename")
