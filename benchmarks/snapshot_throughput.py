@@ -50,6 +50,7 @@ from imednet_flows.cache.db import connect, write_transaction  # noqa: E402
 from imednet_flows.cache.rows import row_builder  # noqa: E402
 from imednet_flows.cache.snapshots import read_manifest, write_snapshot, writer  # noqa: E402
 from imednet_flows.emulator.seed import StudySpec, generate_study  # noqa: E402
+from tests.cache_helpers import upsert_sql  # noqa: E402
 
 STUDY = "BENCH"
 CODECS: dict[str, dict[str, Any]] = {
@@ -92,7 +93,7 @@ def build_cache(path: Path, records: int) -> int:
     with write_transaction(conn):
         for spec in COLLECTIONS:
             items = getattr(data, spec.table)
-            conn.executemany(store.upsert_sql(spec), row_builder(spec)(STUDY, items))
+            conn.executemany(upsert_sql(spec), row_builder(spec)(STUDY, items))
         version = store.bump_study_version(conn, STUDY)
         for spec in COLLECTIONS:
             store.log_changes(conn, STUDY, version, spec, None)
@@ -115,7 +116,7 @@ def edit_records(path: Path, record_ids: list[int], tag: str) -> None:
             item["recordStatus"] = f"Edited {tag}"
             item["dateModified"] = "2026-11-30 12:00:00"
             items.append(item)
-        conn.executemany(store.upsert_sql(RECORDS), row_builder(RECORDS)(STUDY, items))
+        conn.executemany(upsert_sql(RECORDS), row_builder(RECORDS)(STUDY, items))
         version = store.bump_study_version(conn, STUDY)
         store.log_changes(
             conn, STUDY, version, RECORDS, [(i["recordId"], i["formKey"]) for i in items]

@@ -1,8 +1,8 @@
 """Deployments as `prefect.yaml` defines them, for serving without a work pool.
 
 `prefect.yaml` is the one definition; this module reads it and builds the same
-deployments with Prefect's own translation of schedules and triggers, so
-`serve` and `prefect deploy` cannot drift apart.
+deployments with Prefect's own translation of schedules and triggers (see
+`prefect_deploy`), so `serve` and `prefect deploy` cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
-from prefect.cli.deploy._triggers import _initialize_deployment_triggers
-from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.objects import ConcurrencyLimitConfig
 from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import load_flow_from_entrypoint
+
+from deployments import prefect_deploy
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_ROOT / "prefect.yaml"
@@ -40,11 +39,8 @@ def runner_deployment(spec: dict[str, Any], root: Path = PROJECT_ROOT) -> Runner
         description=spec.get("description"),
         tags=spec.get("tags"),
         parameters=spec.get("parameters") or {},
-        schedules=[
-            DeploymentScheduleCreate(**_schedule_config_to_deployment_schedule(dict(s)))
-            for s in spec.get("schedules") or []
-        ],
-        triggers=_initialize_deployment_triggers(spec["name"], spec.get("triggers") or []),
+        schedules=prefect_deploy.schedules(spec.get("schedules") or []),
+        triggers=prefect_deploy.triggers(spec["name"], spec.get("triggers") or []),
         concurrency_limit=_concurrency(spec.get("concurrency_limit")),
     )
 

@@ -65,12 +65,17 @@ StudyKey = Annotated[
         pattern=r"\S",
     ),
 ]
+
+#: 0 (the default) means the operator's setting IMEDNET_FLOWS_MAX_CONCURRENCY, 4 unless set:
+#: one knob for every flow and deployment, a parameter only to override it per run. Not
+#: None: the run form would show an "int / None" type toggle, or refuse an empty box.
 Concurrency = Annotated[
     int,
     param(
         "Concurrent API requests",
-        "Most API requests of this run in flight at once (the API rate-limits; 4 is safe).",
-        ge=1,
+        "Most API requests of this run in flight at once (the API rate-limits; 4 is safe). "
+        "0: the setting IMEDNET_FLOWS_MAX_CONCURRENCY, 4 unless set.",
+        ge=0,
         le=32,
     ),
 ]

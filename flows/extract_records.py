@@ -24,9 +24,9 @@ from flows.common import (
     documented,
     param,
 )
+from flows.connection import imednet_client
 from imednet_flows.extraction import Criteria, fetch_records, records_frame, write_form_files
 from tasks.api import submitter
-from tasks.client import imednet_client
 
 
 @flow(
@@ -81,7 +81,7 @@ def extract_records_by_criteria(
             "is written; the run's artifact lists the rows per form.",
         ),
     ] = "",
-    max_concurrency: Concurrency = 4,
+    max_concurrency: Concurrency = 0,
 ) -> pd.DataFrame:
     """Records matching every criterion given, one row per record, one typed column per
     variable (the union across forms)."""

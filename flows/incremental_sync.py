@@ -28,6 +28,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field, PrivateAttr
 
 from flows.common import Concurrency, artifact_key, documented, param
+from flows.connection import aresolve_credentials, imednet_client
 from imednet_flows.cache.db import connect
 from imednet_flows.cache.lock import exclusive_writer, lock_path
 from imednet_flows.cache.results import StudyResult
@@ -35,7 +36,6 @@ from imednet_flows.cache.snapshots import SnapshotResult, snapshot_is_current
 from imednet_flows.cache.studies import Discovery, wants_discovery
 from imednet_flows.edc.client import Credentials, ImednetClient
 from tasks.cache import list_visible_studies, record_studies, snapshot_study, sync_study
-from tasks.client import aresolve_credentials, imednet_client
 
 CHANGED_EVENT = "imednet.sync.changed"
 COUNTS = ("inserted", "updated", "soft_deleted", "hard_deleted")
@@ -149,7 +149,7 @@ async def incremental_sync(
             "Off: they are kept and reported in the artifact and logs.",
         ),
     ] = False,
-    max_concurrency: Concurrency = 4,
+    max_concurrency: Concurrency = 0,
 ) -> SyncRunResult:
     """Bring the cache up to date with the API and publish Parquet snapshots."""
     discover = wants_discovery(study_keys)  # a bad selection fails before anything is written

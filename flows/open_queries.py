@@ -23,11 +23,11 @@ from flows.common import (
     md_table,
     param,
 )
+from flows.connection import imednet_client
 from imednet_flows.filter_syntax import dnf
 from imednet_flows.queries import OpenQueriesResult, OpenQuery, fetch_open_queries
 from imednet_flows.timestamps import to_datetime
 from tasks.api import submitter
-from tasks.client import imednet_client
 
 #: Open queries waiting longer than this are counted apart in the per-site summary.
 STALE_DAYS = 30
@@ -138,7 +138,7 @@ def get_open_queries(
             '`annotationType==question;dateCreated>="2025-01-01"`.',
         ),
     ] = "",
-    max_concurrency: Concurrency = 4,
+    max_concurrency: Concurrency = 0,
 ) -> OpenQueriesResult:
     """Open queries (latest comment not closed), with a table artifact for the UI."""
     dnf(filters)

@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import Concurrency, StudyKey, artifact_key, documented, md_cell, md_table, param
+from flows.connection import imednet_client
 from imednet_flows.queries import classify
 from imednet_flows.subjects import (
     SubjectData,
@@ -23,7 +24,6 @@ from imednet_flows.subjects import (
     subject_data,
 )
 from tasks.api import submitter
-from tasks.client import imednet_client
 
 __all__ = ["SubjectData", "SubjectNotFound", "get_all_subject_data"]
 
@@ -41,7 +41,7 @@ def get_all_subject_data(
             pattern=r"\S",
         ),
     ],
-    max_concurrency: Concurrency = 4,
+    max_concurrency: Concurrency = 0,
 ) -> SubjectData:
     """Subject, visits, records and queries of one subject, in four concurrent requests."""
     with imednet_client(max_concurrency) as client:

@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import SkipJsonSchema
 
 from flows.common import Concurrency, OptionalText, StudyKey, artifact_key, documented, param
+from flows.connection import imednet_client
 from imednet_flows.edc.batches import SUCCESS_STATE, JobTimeout, PostOutcome, job_state
 from imednet_flows.edc.client import ImednetClient
 from imednet_flows.edc.criteria import restricted
@@ -29,7 +30,6 @@ from imednet_flows.edc.errors import ImednetFlowsError
 from imednet_flows.edc.rows_file import read_rows
 from imednet_flows.edc.validation import RecordItem, detect_mode, row_ranges, validate_batch
 from tasks.api import list_forms, list_intervals, list_sites, list_subjects, list_variables
-from tasks.client import imednet_client
 from tasks.records import create_records, wait_for_job
 
 #: Rows found applied by reading back after a lost answer: no job to follow, nothing missing.
@@ -171,7 +171,7 @@ class UpsertParameters(BaseModel):
     poll_interval: PollInterval = 5
     batch_size: BatchSize = 500
     email_notify: EmailNotify = ""
-    max_concurrency: Concurrency = 4
+    max_concurrency: Concurrency = 0
 
     @model_validator(mode="after")
     def _one_source_of_rows(self) -> UpsertParameters:
@@ -245,7 +245,7 @@ def create_or_update_records(
     poll_interval: PollInterval = 5,
     batch_size: BatchSize = 500,
     email_notify: EmailNotify = "",
-    max_concurrency: Concurrency = 4,
+    max_concurrency: Concurrency = 0,
 ) -> UpsertResult:
     """Write rows to a study: all checked first, then POSTed in batches, each row once."""
     logger = get_run_logger()

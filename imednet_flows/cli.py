@@ -168,9 +168,6 @@ CachePath = Annotated[str, typer.Option("--cache", help="SQLite cache file.")]
 StudyOpt = Annotated[str, typer.Option("--study", help="Study key (case-sensitive).")]
 
 
-EXIT_USAGE = 2
-
-
 def _fail(exc: BaseException, code: int = EXIT_FAILED) -> typer.Exit:
     """One line that says what failed and what to do; the traceback only with --debug."""
     if _options["debug"]:
@@ -695,7 +692,7 @@ def configure(
 ) -> None:
     """Store the API keys as Prefect Secret blocks (prompted, never echoed) and the base URL
     as a Prefect Variable."""
-    from tasks.client import store_credentials
+    from flows.connection import store_credentials
 
     api_key = typer.prompt("iMednet API key", hide_input=True)
     security_key = typer.prompt("iMednet security key", hide_input=True)

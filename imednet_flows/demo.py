@@ -21,6 +21,7 @@ import typer
 
 from imednet_flows.emulator import StudySpec, running_emulator
 from imednet_flows.emulator.handle import DEMO_API_KEY, DEMO_SECURITY_KEY
+from imednet_flows.settings import settings
 
 if TYPE_CHECKING:
     from imednet_flows.cache.results import CollectionResult, StudyResult
@@ -276,7 +277,7 @@ def _report(paths: DemoPaths, requests: int, seconds: float) -> None:
     _step("Done")
     cache = paths.cache
     latest = paths.snapshots / STUDY / "latest"
-    prefect_home = os.environ.get("PREFECT_HOME", "~/.prefect")
+    prefect_home = settings().prefect_home or "~/.prefect"
     typer.echo(f"""   {requests} API requests, {seconds:.1f}s in all.
    SQLite cache (WAL):     {cache}
    Parquet snapshots:      {latest}/ (one table per collection, e.g. records.parquet,

@@ -7,43 +7,45 @@ only the listings start as threads instead of task runs, and nothing is recorded
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.listing import Row, Submit, list_rows
+from imednet_flows.settings import Settings, settings
 
-#: The flows' default `max_concurrency`: a direct run loads the API no more than a flow run.
-MAX_CONCURRENCY = 4
 #: Listings started at once (extraction starts one per chunk); requests stay bounded above.
 THREADS = 8
-CREDENTIAL_VARIABLES = ("IMEDNET_API_KEY", "IMEDNET_SECURITY_KEY", "IMEDNET_BASE_URL")
+CREDENTIAL_FIELDS = ("api_key", "security_key", "base_url")
 
 
-def environment_credentials(environ: Mapping[str, str] = os.environ) -> Credentials | None:
+def environment_credentials(config: Settings) -> Credentials | None:
     """Keys and base URL when the environment holds all three, else None. The flows' client
     factory reads the environment first as well, and goes to Prefect only for what is
     missing there; with all three set it never does."""
-    api_key, security_key, base_url = (environ.get(n, "").strip() for n in CREDENTIAL_VARIABLES)
-    if api_key and security_key and base_url:
-        return Credentials(base_url=base_url, api_key=api_key, security_key=security_key)
+    if config.api_key and config.security_key and config.base_url:
+        return Credentials(
+            base_url=config.base_url,
+            api_key=config.api_key.get_secret_value(),
+            security_key=config.security_key.get_secret_value(),
+        )
     return None
 
 
 def credentials(notice: Callable[[str], None]) -> Credentials:
-    found = environment_credentials()
+    config = settings()
+    found = environment_credentials(config)
     if found is not None:
         return found
-    missing = [n for n in CREDENTIAL_VARIABLES if not os.environ.get(n, "").strip()]
+    missing = [Settings.variable(n) for n in CREDENTIAL_FIELDS if not getattr(config, n)]
     notice(
         f"{', '.join(missing)} not set: reading them from Prefect (Secret blocks, Variable "
         "imednet-base-url), which starts Prefect and, with no Prefect API configured, a "
         "temporary server. Export all three to skip this."
     )
-    from tasks.client import resolve_credentials  # imports Prefect: only when needed
+    from flows.connection import resolve_credentials  # imports Prefect: only when needed
 
     return resolve_credentials()
 
@@ -52,7 +54,8 @@ def credentials(notice: Callable[[str], None]) -> Credentials:
 def session(notice: Callable[[str], None]) -> Iterator[tuple[ImednetClient, Submit]]:
     """A client and a `Submit` that lists on threads; a failure stops listings not yet
     started instead of waiting for them."""
-    client = ImednetClient(credentials(notice), max_concurrency=MAX_CONCURRENCY)
+    # The same bound as a flow run's default: a direct run loads the API no more.
+    client = ImednetClient(credentials(notice), max_concurrency=settings().max_concurrency)
     pool = ThreadPoolExecutor(THREADS, thread_name_prefix="imednet-listing")
 
     def submit(route: str, study_key: str, **options: Any) -> Future[Sequence[Row]]:

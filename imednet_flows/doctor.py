@@ -15,7 +15,7 @@ It needs no Prefect flow run: credentials come from the flows' own factory
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from imednet_flows.edc.server_checks import (
     inspect_listing,
 )
 from imednet_flows.filter_syntax import parse_timestamp, quote_value
+from imednet_flows.settings import SettingsError
 from imednet_flows.timestamps import canonical_ts, format_timestamp
 
 #: One retry per request: a transient fault is told apart from a broken server, and the
@@ -250,13 +251,14 @@ def report(findings: list[Finding], console: Console) -> int:
 
 def run_doctor(study_key: str | None, console: Console | None = None) -> int:
     """Resolve credentials as the flows do, examine the server, print, return the exit code."""
-    from tasks.client import resolve_credentials
+    from flows.connection import resolve_credentials
 
     console = console or Console()
     try:
         credentials = resolve_credentials()
     except Exception as error:  # a missing Secret block, or no Prefect API to ask
-        message = str(error) if isinstance(error, ImednetFlowsError) else repr(error)
+        told = isinstance(error, ImednetFlowsError | SettingsError)
+        message = str(error) if told else repr(error)
         console.print(f"FAIL {CREDENTIALS}: {message}", soft_wrap=True, markup=False)
         return 1
     console.print(
@@ -265,7 +267,9 @@ def run_doctor(study_key: str | None, console: Console | None = None) -> int:
         markup=False,
     )
     with ImednetClient(
-        credentials, retry=RetrySettings(max_attempts=ATTEMPTS), max_concurrency=1
+        credentials,
+        retry=replace(RetrySettings.configured(), max_attempts=ATTEMPTS),
+        max_concurrency=1,
     ) as client:
         findings = diagnose(client, study_key)
         console.print(f"{client.requests} requests", markup=False)

@@ -9,27 +9,29 @@ directly and says it was not recorded.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from imednet_flows.settings import Settings, settings
 
-def configured_api_url(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The Prefect API a flow run would report to: `PREFECT_API_URL` from the environment,
-    else from the active profile (where `prefect config set` writes it). None means Prefect
-    would start a temporary server of its own for the run."""
-    url = environ.get("PREFECT_API_URL", "").strip()
-    if url:
-        return url
-    home = Path(environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-    path = Path(environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+
+def configured_api_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Prefect API a flow run would report to: `PREFECT_API_URL` from the environment
+    (this process's unless `environ` is given), else from the active profile (where
+    `prefect config set` writes it). None means Prefect would start a temporary server of
+    its own for the run."""
+    config = settings() if environ is None else Settings.of(environ)
+    if config.prefect_api_url:
+        return config.prefect_api_url
+    home = Path(config.prefect_home or "~/.prefect").expanduser()
+    path = Path(config.prefect_profiles_path or home / "profiles.toml").expanduser()
     try:
         profiles = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None  # Prefect itself falls back to its default (temporary server) profile
-    active = environ.get("PREFECT_PROFILE") or profiles.get("active")
+    active = config.prefect_profile or profiles.get("active")
     profile = (profiles.get("profiles") or {}).get(active) or {}
     value = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
     return str(value or "").strip() or None
@@ -59,7 +61,7 @@ class Recording:
         return f"recorded in Prefect at {self.api_url}"
 
 
-def decide(record: bool | None, environ: Mapping[str, str] = os.environ) -> Recording:
+def decide(record: bool | None, environ: Mapping[str, str] | None = None) -> Recording:
     """`record` is the user's choice (--record / --no-record); None follows the
     configuration: a flow run when a Prefect API is configured, direct otherwise."""
     url = configured_api_url(environ)

@@ -14,8 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from imednet_flows.edc.client import ImednetClient, study_path
-from imednet_flows.edc.paging import list_studies
+from imednet_flows.edc.client import ImednetClient
 from imednet_flows.filter_syntax import Dnf
 from imednet_flows.listing import Submit, list_rows
 
@@ -41,11 +40,6 @@ class Rows(Sequence[Row]):
 
     def __repr__(self) -> str:
         return f"Rows({len(self._items)} rows)"
-
-
-@_api_task(name="list-studies")
-def list_studies_task(client: ImednetClient) -> Rows:
-    return Rows(list_studies(client))
 
 
 @_api_task(name="list-sites", task_run_name="list-sites[{study_key}]")
@@ -120,10 +114,3 @@ def submitter(client: ImednetClient) -> Submit:
         return LISTINGS[route].submit(client, study_key, **options)
 
     return submit
-
-
-@_api_task(name="get-job", task_run_name="get-job[{study_key}:{batch_id}]")
-def get_job(client: ImednetClient, study_key: str, batch_id: str) -> Row:
-    return client.get(
-        study_path(study_key, "jobs", batch_id), what=f"reading job {batch_id} of study {study_key}"
-    )

@@ -13,6 +13,18 @@ from imednet_flows.cache.db import write_transaction
 from imednet_flows.cache.rows import row_builder
 from imednet_flows.emulator.seed import StudyData
 
+
+def upsert_sql(spec: Collection) -> str:
+    """Rows written straight into a cache, as a sync's merge would leave them (the sync
+    itself stages and merges; only tests and benchmarks fill a cache by hand)."""
+    names = spec.column_names
+    updates = ", ".join(f"{n}=excluded.{n}" for n in names[2:])
+    return (
+        f"{store.insert_sql(spec)} "
+        f"ON CONFLICT (study_key, {spec.id_column}) DO UPDATE SET {updates}"
+    )
+
+
 #: StudyData attribute per collection name.
 ATTRIBUTE = {spec.name: spec.table for spec in COLLECTIONS}
 
@@ -26,7 +38,7 @@ def load_study(conn: sqlite3.Connection, data: StudyData, study_key: str) -> int
     with write_transaction(conn):
         for spec in COLLECTIONS:
             rows = row_builder(spec)(study_key, items_of(data, spec.name))
-            conn.executemany(store.upsert_sql(spec), rows)
+            conn.executemany(upsert_sql(spec), rows)
         version = store.bump_study_version(conn, study_key)
         for spec in COLLECTIONS:
             store.log_changes(conn, study_key, version, spec, None)
@@ -61,7 +73,7 @@ def change(
                 (study_key, row_id),
             )
             logged.append((row_id, found[0] if found else None))
-        conn.executemany(store.upsert_sql(spec), row_builder(spec)(study_key, upserts))
+        conn.executemany(upsert_sql(spec), row_builder(spec)(study_key, upserts))
         logged += [(item[spec.id_field], _form_of(spec, item)) for item in upserts]
         version = store.bump_study_version(conn, study_key)
         store.log_changes(conn, study_key, version, spec, logged)

@@ -12,7 +12,7 @@ from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServ
 AUTH = {"x-api-key": DEMO_API_KEY, "x-imn-security-key": DEMO_SECURITY_KEY}
 #: Route -> the SDK attribute that lists it.
 SDK_ATTR = {"recordRevisions": "record_revisions"}
-#: Every study-scoped list route of the API (CONTRACT §2).
+#: Every study-scoped list route of the API (api-behaviour.md §2).
 STUDY_ROUTES = (
     "sites",
     "forms",

@@ -263,6 +263,32 @@ def test_studies_lists_what_the_keys_can_see(emulator: EmulatorServer, imednet_e
     assert lines[-1] == f"{len(truth)} study(ies)" and "a lookup" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "told"),
+    [
+        ("IMEDNET_FLOWS_MAX_ATTEMPTS", "a whole number of 1 or more"),
+        ("IMEDNET_FLOWS_MAX_CONCURRENCY", "a whole number from 1 to 32"),
+    ],
+)
+def test_a_bad_setting_names_the_variable_not_its_value(
+    fresh_emulator: EmulatorServer,
+    imednet_env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    told: str,
+) -> None:
+    """A value that is not a number used to fail as Python's own "could not convert string
+    to float: '...'" (the attempts), naming no variable and repeating the value, or to be
+    ignored (the concurrency). Nothing is requested."""
+    imednet_env(fresh_emulator)
+    monkeypatch.setenv(name, "pasted-secret-by-mistake")
+    done = runner.invoke(app, ["studies"])
+    assert done.exit_code != 0
+    assert name in done.stderr and told in done.stderr, done.stderr
+    assert "pasted-secret" not in done.stderr + done.stdout
+    assert fresh_emulator.emulator.requests() == []
+
+
 # --------------------------------------------------------------------------- where a run goes
 
 

@@ -40,6 +40,7 @@ from imednet_flows.edc.retry import (
     backoff_delay,
     parse_retry_after,
 )
+from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
 from imednet_flows.filter_syntax import (
     Term,
     and_dnf,
@@ -240,6 +241,20 @@ def test_sdk_executor_stops_at_max_attempts() -> None:
         assert calls == ["GET", "GET", "GET"]
         assert client.retries == 2
         assert client.requests == 3
+
+
+def test_every_attempt_is_counted_once(fresh_emulator: EmulatorServer) -> None:
+    """The request counter relies on the SDK asking the retry policy after every attempt,
+    a success included (its public `retry_policy` hook): counted requests are exactly what
+    the server saw, retries included."""
+    fresh_emulator.emulator.add_fault("status", status=503, count=2)
+    credentials = Credentials(fresh_emulator.base_url, DEMO_API_KEY, DEMO_SECURITY_KEY)
+    settings = RetrySettings(max_attempts=4, base_delay=0.0, max_delay=0.0, max_retry_after=1.0)
+    with ImednetClient(credentials, retry=settings) as client:
+        for _ in range(3):
+            client.get("/api/v1/edc/studies", what="listing studies")
+        assert (client.requests, client.retries) == (5, 2)
+    assert len(fresh_emulator.emulator.requests()) == 5
 
 
 # ---------------------------------------------------------------------- criteria.restricted

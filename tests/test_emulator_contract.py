@@ -1,4 +1,4 @@
-"""CONTRACT.md §8, item by item, through the real SDK 0.5.0 and raw HTTP."""
+"""docs/api-behaviour.md §1-8, rule by rule, through the real SDK 0.5.0 and raw HTTP."""
 
 from __future__ import annotations
 

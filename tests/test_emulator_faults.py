@@ -1,4 +1,4 @@
-"""Fault switches, mutations and the request log (CONTRACT §8 items 21-22, issue #2 §4-5)."""
+"""Fault switches, mutations and the request log (api-behaviour.md §8, issue #2 §4-5)."""
 
 from __future__ import annotations
 

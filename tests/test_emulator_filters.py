@@ -1,4 +1,4 @@
-"""Unit tests for the emulator's `filter` / `recordDataFilter` compiler (CONTRACT.md section 4).
+"""Unit tests for the emulator's `filter` / `recordDataFilter` compiler (docs/api-behaviour.md §4).
 
 Every test asserts the exact set of selected row ids, so a predicate that matches too much or
 too little fails, not only one that raises.

@@ -1,4 +1,4 @@
-"""POST /records, the job state machine and revision semantics (CONTRACT §5, §8 16-21)."""
+"""POST /records, the job state machine and revision semantics (docs/api-behaviour.md §5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Record values read back the way the API returns them: strings, whatever JSON type was
-posted, in the seed's conventions per variable type (CONTRACT §3, the spec's
+posted, in the seed's conventions per variable type (api-behaviour.md §3, the spec's
 ExampleRecordsList). Posted through the real SDK, read back over raw HTTP and the SDK."""
 
 from __future__ import annotations

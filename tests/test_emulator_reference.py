@@ -49,7 +49,7 @@ def test_inactive_users_are_listed_only_when_asked(
 
 
 def test_users_take_no_filter(fresh_emulator: EmulatorServer) -> None:
-    """CONTRACT §2: the users route has no `filter`; one sent is ignored, not applied."""
+    """api-behaviour.md §2: the users route has no `filter`; one sent is ignored, not applied."""
     some = fresh_emulator.emulator.rows(K, "users")[0]["login"]
     rows = page_all(
         fresh_emulator,

@@ -9,7 +9,7 @@ validation. The spec is therefore preprocessed before use:
   undeclared fields;
 * separately, every such object gets `required: [all its properties]`, which checks that the
   emulator emits every declared field (it is meant to, so the SDK never falls back to now());
-* `TIGHTENINGS` add the string formats CONTRACT.md §3 fixes but the spec only describes;
+* `TIGHTENINGS` add the string formats api-behaviour.md §3 fixes but the spec only describes;
 * `DEVIATIONS` patch the few places where the emulator knowingly differs from the spec's
   letter, each with its reason. Nothing else is relaxed.
 
@@ -45,35 +45,35 @@ AUTH = {"x-api-key": DEMO_API_KEY, "x-imn-security-key": DEMO_SECURITY_KEY}
 JSON = "application/json"
 PAGE_SIZE = 500  # the spec's maximum: the most rows per request
 
-TS = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"  # CONTRACT §3 `ts`
-DATE = r"^\d{4}-\d{2}-\d{2}$"  # CONTRACT §3 `date`
+TS = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"  # api-behaviour.md §3 `ts`
+DATE = r"^\d{4}-\d{2}-\d{2}$"  # api-behaviour.md §3 `date`
 
 #: Where the emulator knowingly departs from the spec's letter. Keys are "Schema.property"
 #: in components/schemas; `_deviate` applies each one explicitly and nothing else is relaxed.
 DEVIATIONS: dict[str, str] = {
     "Visit.dueDate": (
         "spec writes `nullable: true`, OpenAPI 3.0 syntax that 3.1 ignores; the intended "
-        "meaning is string-or-null (its own example has dueDate: null), CONTRACT §3"
+        "meaning is string-or-null (its own example has dueDate: null), api-behaviour.md §3"
     ),
     "Query.type": (
         "spec writes `nullable: true` (3.0 syntax, ignored by 3.1); meant string-or-null, "
-        "as its example `type: null` shows, CONTRACT §3"
+        "as its example `type: null` shows, api-behaviour.md §3"
     ),
     "Role.dateCreated": (
         "spec: int[7] Java LocalDateTime; SDK 0.5.0 types it datetime and crashes on the "
-        "array, so the emulator emits a ts string by default (CONTRACT §3, §9); "
+        "array, so the emulator emits a ts string by default (api-behaviour.md §3, §9); "
         "config.strict_role_dates restores the array and is checked against the unmodified Role"
     ),
     "Role.dateModified": "same as Role.dateCreated",
     "Job.dateStarted": (
         "spec: string; the emulator sends null until the job leaves `created` "
-        "(CONTRACT §5 DECISION: null reads as a sentinel in the SDK, a missing key as now())"
+        "(api-behaviour.md §5: null reads as a sentinel in the SDK, a missing key as now())"
     ),
-    "Job.dateFinished": "spec: string; null until the job is terminal (CONTRACT §5 DECISION)",
+    "Job.dateFinished": "spec: string; null until the job is terminal (api-behaviour.md §5)",
 }
 _ROLE_DATES = ("Role.dateCreated", "Role.dateModified")
 
-#: Formats CONTRACT §3 pins down that the spec only describes in prose ("Date when ...",
+#: Formats api-behaviour.md §3 pins down that the spec only describes in prose ("Date when ...",
 #: "in YYYY-MM-DD format"). The SDK parses these with datetime.fromisoformat, and a mix of
 #: forms breaks comparisons downstream, so one exact form is asserted.
 TIGHTENINGS: dict[str, dict[str, Any]] = {
@@ -603,7 +603,7 @@ def test_error_responses_match_components_responses(
         method.upper(),
         url,
     )
-    # The spec's example message for this status, verbatim (CONTRACT §6).
+    # The spec's example message for this status, verbatim (api-behaviour.md §6).
     name = raw_spec()["paths"][spec_path][method]["responses"][str(status)]["$ref"]
     example = raw_spec()["components"]["responses"][name.rsplit("/", 1)[-1]]
     message = example["content"][JSON]["schema"]["example"]["metadata"]["error"]["message"]

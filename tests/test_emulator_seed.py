@@ -55,7 +55,7 @@ def _fields(names: str) -> set[str]:
     return set(names.split())
 
 
-# CONTRACT.md §3, field for field.
+# api-behaviour.md §3, field for field.
 SCHEMA: dict[str, set[str]] = {
     "study": _fields(
         "sponsorKey studyKey studyId studyName studyDescription studyType dateCreated dateModified"

@@ -86,7 +86,7 @@ def test_update_existing_record(fresh_emulator: EmulatorServer, imednet_env: Env
         K, [{"formKey": "AE", "recordId": target["recordId"], "data": data}], **FAST
     )
     after = record(fresh_emulator, target["recordId"])
-    # read back as the API returns values: text (CONTRACT §3, the spec's ExampleRecordsList)
+    # read back as the API returns values: text (api-behaviour.md §3, the spec's ExampleRecordsList)
     assert {k: after["recordData"][k] for k in data} == {
         "aeterm": "Migraine",
         "aedur": "7",

@@ -154,6 +154,53 @@ def test_extract_lists_concurrently(fresh_emulator: EmulatorServer, imednet_env:
     assert max(e.started for e in overlapping) < min(e.finished for e in overlapping)
 
 
+def peak_in_flight(server: EmulatorServer) -> int:
+    """Most requests the emulator was serving at once, from its own log."""
+    edges = sorted(
+        (t, step)
+        for e in server.emulator.requests()
+        for t, step in ((e.started, 1), (e.finished, -1))
+    )  # at equal times an end (-1) sorts first: back-to-back is not overlap
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.parametrize("setting", [1, 2])
+def test_max_concurrency_setting_bounds_a_flow_run(
+    fresh_emulator: EmulatorServer,
+    imednet_env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: int,
+) -> None:
+    """README and the 429 hint tell operators to set IMEDNET_FLOWS_MAX_CONCURRENCY: a flow
+    run left at its default parameter honours it (the three listings would overlap)."""
+    imednet_env(fresh_emulator)
+    monkeypatch.setenv("IMEDNET_FLOWS_MAX_CONCURRENCY", str(setting))
+    fresh_emulator.emulator.add_fault("latency", seconds=0.15, count=None)
+    extract_records_by_criteria(
+        SMALL.study_key, subject_filter="siteId>0", visit_filter="intervalName==Screening"
+    )
+    assert peak_in_flight(fresh_emulator) == setting
+
+
+def test_max_concurrency_parameter_overrides_the_setting(
+    fresh_emulator: EmulatorServer, imednet_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imednet_env(fresh_emulator)
+    monkeypatch.setenv("IMEDNET_FLOWS_MAX_CONCURRENCY", "1")
+    fresh_emulator.emulator.add_fault("latency", seconds=0.15, count=None)
+    extract_records_by_criteria(
+        SMALL.study_key,
+        subject_filter="siteId>0",
+        visit_filter="intervalName==Screening",
+        max_concurrency=3,
+    )
+    assert peak_in_flight(fresh_emulator) >= 2
+
+
 def test_malformed_filter_fails_before_any_request(
     fresh_emulator: EmulatorServer, imednet_env: Env
 ) -> None:

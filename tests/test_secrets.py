@@ -1,7 +1,7 @@
 """The API keys never leave the client: not in logs, artifacts, parameters, results, events,
 the cache, the snapshots or any output file.
 
-Why: tasks/client.py promises that credentials are read from the environment or from Prefect
+Why: flows/connection.py promises that credentials are read from the environment or from Prefect
 Secret blocks and are never flow parameters, so they never reach what Prefect stores or what
 the flows write. These tests run every flow against an emulator that accepts only two
 recognisable fake keys, then grep everything a run leaves behind for them: once with the keys
@@ -38,6 +38,7 @@ from prefect.states import State
 from prefect.variables import Variable
 from pydantic import BaseModel
 
+from flows.connection import API_KEY_BLOCK, BASE_URL_VARIABLE, SECURITY_KEY_BLOCK, store_credentials
 from flows.extract_records import extract_records_by_criteria
 from flows.incremental_sync import CHANGED_EVENT, run_incremental_sync
 from flows.open_queries import get_open_queries
@@ -51,7 +52,6 @@ from imednet_flows.emulator import (
     StudySpec,
     running_emulator,
 )
-from tasks.client import API_KEY_BLOCK, BASE_URL_VARIABLE, SECURITY_KEY_BLOCK, store_credentials
 from tests.conftest import is_loopback_url
 from tests.test_deployments import wait_for
 

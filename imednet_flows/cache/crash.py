@@ -1,5 +1,6 @@
 """Named crash points for reliability tests: `IMEDNET_FLOWS_CRASH_AT=<point>` makes the
-process write a marker file and SIGKILL itself there, the harshest way a sync can die."""
+process write a marker file (`IMEDNET_FLOWS_CRASH_MARKER`) and SIGKILL itself there, the
+harshest way a sync can die."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import os
 import signal
 from pathlib import Path
 
-ENV = "IMEDNET_FLOWS_CRASH_AT"
-MARKER_ENV = "IMEDNET_FLOWS_CRASH_MARKER"
+from imednet_flows.settings import Settings, settings
+
+ENV = Settings.variable("crash_at")
+MARKER_ENV = Settings.variable("crash_marker")
 
 
 def crash_point(name: str) -> None:
-    if os.environ.get(ENV) != name:
+    config = settings()
+    if config.crash_at != name:
         return
-    marker = os.environ.get(MARKER_ENV)
-    if marker:
-        Path(marker).write_text(name)
+    if config.crash_marker:
+        Path(config.crash_marker).write_text(name)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from imednet_flows.cache.collections import COLLECTIONS, Collection, query_open
+from imednet_flows.cache.collections import COLLECTIONS, query_open
 
 SCHEMA_VERSION = 3
 
@@ -141,24 +141,6 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def table_ddl(spec: Collection, name: str | None = None) -> str:
-    id_type = "INTEGER" if spec.id_kind == "int" else "TEXT"
-    cols = "".join(f"  {c.name} {c.sql_type},\n" for c in spec.columns)
-    return (
-        f"CREATE TABLE IF NOT EXISTS {name or spec.table} (\n  study_key TEXT NOT NULL,\n"
-        f"  {spec.id_column} {id_type} NOT NULL,\n{cols}  raw TEXT NOT NULL,\n"
-        f"  PRIMARY KEY (study_key, {spec.id_column})\n) WITHOUT ROWID"
-    )
-
-
-def index_ddl(spec: Collection) -> list[str]:
-    return [
-        f"CREATE INDEX IF NOT EXISTS {spec.table}_by_{'_'.join(cols)} ON {spec.table} "
-        f"(study_key, {', '.join(cols)})"
-        for cols in spec.indexes
-    ]
 
 
 def _execute_all(conn: sqlite3.Connection, ddl: str) -> None:

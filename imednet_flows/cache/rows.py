@@ -66,7 +66,3 @@ def _generate(spec: Collection) -> RowBuilder:
             ) from exc
 
     return build
-
-
-def row_ids(spec: Collection, items: list[dict[str, Any]]) -> list[Any]:
-    return [item[spec.id_field] for item in items]

@@ -27,15 +27,6 @@ def insert_sql(spec: Collection, schema: str = "main") -> str:
     )
 
 
-def upsert_sql(spec: Collection, schema: str = "main") -> str:
-    names = spec.column_names
-    updates = ", ".join(f"{n}=excluded.{n}" for n in names[2:])
-    return (
-        f"{insert_sql(spec, schema)} "
-        f"ON CONFLICT (study_key, {spec.id_column}) DO UPDATE SET {updates}"
-    )
-
-
 def cached_ids(
     conn: sqlite3.Connection, spec: Collection, study_key: str, schema: str = "main"
 ) -> list[Any]:

@@ -1,5 +1,10 @@
-"""One connection to one iMednet API: the SDK, our retry policy, a concurrency bound
-and a request counter that run summaries report."""
+"""One connection to one iMednet API: the SDK's HTTP client, our retry policy, a
+concurrency bound and a request counter that run summaries report.
+
+Only the SDK's public API is used: `imednet.core.Client` (its executor maps errors and
+closes connections correctly) with our `retry_policy`. The SDK consults that policy after
+every HTTP attempt, so the policy is also where attempts are counted.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 import orjson
-from imednet import ImednetSDK
+from imednet.constants import DEFAULT_BASE_URL
+from imednet.core import Client
 
 from imednet_flows.edc.errors import ImednetFlowsError, explain
 from imednet_flows.edc.retry import PARSED, RetrySettings, TransientRetryPolicy
+from imednet_flows.settings import settings
 
 API_ROOT = "/api/v1/edc/studies"
 MAX_PAGE_SIZE = 500
@@ -51,39 +57,43 @@ def is_loopback(url: str) -> bool:
 
 
 class ImednetClient:
-    """Shared by every task of a flow run: its semaphore is the run's concurrency bound."""
+    """Shared by every task of a flow run: its semaphore is the run's concurrency bound.
+    `retry` and `max_concurrency` default to the settings (`IMEDNET_FLOWS_*`)."""
 
     def __init__(
         self,
         credentials: Credentials,
         retry: RetrySettings | None = None,
-        max_concurrency: int = 4,
+        max_concurrency: int | None = None,
         timeout: float = 30.0,
         credentials_source: Callable[[], Credentials] | None = None,
     ) -> None:
+        if max_concurrency is None:
+            max_concurrency = settings().max_concurrency
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self._options = (retry, max_concurrency, timeout, credentials_source)
-        self.retry = retry or RetrySettings()
+        self.max_concurrency = max_concurrency
+        self.retry = retry or RetrySettings.configured()
         self.base_url = credentials.base_url
         self._lock = threading.Lock()
         self.requests = 0
         self.retries = 0
-        self.sdk = ImednetSDK(
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        # The origin is always given: the SDK would otherwise read IMEDNET_BASE_URL itself.
+        self._http = Client(
             api_key=credentials.api_key,
             security_key=credentials.security_key,
-            base_url=credentials.base_url,
+            base_url=credentials.base_url or DEFAULT_BASE_URL,
             timeout=timeout,
             retries=self.retry.max_attempts,
             backoff_factor=0.0,
-            retry_policy=TransientRetryPolicy(self.retry, on_retry=self._count_retry),
+            retry_policy=TransientRetryPolicy(
+                self.retry, on_retry=self._count_retry, on_attempt=self._count_request
+            ),
         )
-        self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._http = self.sdk._client  # the SDK's own client: auth headers, pool, retries
-        inner: httpx.Client = self._http._client
-        inner.event_hooks["request"].append(self._count_request)
 
-    def _count_request(self, _request: httpx.Request) -> None:
+    def _count_request(self) -> None:
         with self._lock:
             self.requests += 1
 
@@ -107,7 +117,7 @@ class ImednetClient:
         self.__init__(source(), retry, max_concurrency, timeout, source)  # type: ignore[misc]
 
     def close(self) -> None:
-        self.sdk.close()
+        self._http.close()
 
     def __enter__(self) -> ImednetClient:
         return self

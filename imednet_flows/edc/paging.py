@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 from imednet_flows.edc.client import API_ROOT, MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.filter_syntax import Dnf, and_dnf, dnf, quote_value, render_dnf
 
-#: Endpoints whose filter the SDK always scopes with studyKey (CONTRACT §7).
+#: Endpoints whose filter the SDK always scopes with studyKey (api-behaviour.md §7).
 STUDY_KEY_SCOPED = {"subjects", "visits", "queries", "recordRevisions", "records"}
 
 
@@ -143,6 +143,7 @@ def iter_items(
 
 
 def list_studies(client: ImednetClient) -> list[dict[str, Any]]:
+    """Every study the keys can see (GET /studies, all pages)."""
     return [
         item
         for page in _pages(client, API_ROOT, {}, MAX_PAGE_SIZE, 0, "listing studies")

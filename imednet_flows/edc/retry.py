@@ -14,7 +14,6 @@ zero and the policy sleeps before it answers "retry".
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -24,31 +23,29 @@ import httpx
 import orjson
 from imednet.core.retry import RetryState
 
+from imednet_flows.settings import settings
+
 logger = logging.getLogger("imednet_flows.retry")
 
 #: Where a parsed body is kept on the response, so a page is parsed once.
 PARSED = "imednet_flows.parsed_json"
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
-
-
 @dataclass(frozen=True)
 class RetrySettings:
-    """How hard to try. Environment variables override the defaults, so tests and
-    operators can tune backoff without touching flow parameters."""
+    """How hard to try. `configured()` takes them from the environment (see `settings`),
+    so tests and operators tune backoff without touching flow parameters."""
 
-    max_attempts: int = field(
-        default_factory=lambda: int(_env_float("IMEDNET_FLOWS_MAX_ATTEMPTS", 6))
-    )
-    base_delay: float = field(default_factory=lambda: _env_float("IMEDNET_FLOWS_BACKOFF_BASE", 1.0))
-    max_delay: float = field(default_factory=lambda: _env_float("IMEDNET_FLOWS_BACKOFF_MAX", 30.0))
+    max_attempts: int
+    base_delay: float
+    max_delay: float
     #: Longest Retry-After honoured; a server asking for more is a failure to report.
-    max_retry_after: float = field(
-        default_factory=lambda: _env_float("IMEDNET_FLOWS_MAX_RETRY_AFTER", 120.0)
-    )
+    max_retry_after: float
+
+    @classmethod
+    def configured(cls) -> RetrySettings:
+        s = settings()
+        return cls(s.max_attempts, s.backoff_base, s.backoff_max, s.max_retry_after)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -101,12 +98,16 @@ def body_is_complete(response: httpx.Response) -> bool:
 class TransientRetryPolicy:
     """An `imednet.core.retry.RetryPolicy` for `ImednetSDK(retry_policy=...)`."""
 
-    settings: RetrySettings = field(default_factory=RetrySettings)
+    settings: RetrySettings = field(default_factory=RetrySettings.configured)
     sleep: Callable[[float], None] = time.sleep
     #: Called with (attempt, reason, delay) before each retry, e.g. to log or count.
     on_retry: Callable[[int, str, float], None] | None = None
+    #: Called once per HTTP attempt: the SDK's executor asks the policy after each one.
+    on_attempt: Callable[[], None] | None = None
 
     def should_retry(self, state: RetryState) -> bool:
+        if self.on_attempt is not None:
+            self.on_attempt()
         reason, retry_after = self._reason(state)
         if reason is None or state.attempt_number >= self.settings.max_attempts:
             return False

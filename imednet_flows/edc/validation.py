@@ -35,7 +35,7 @@ Row = dict[str, Any]
 
 
 class Mode(StrEnum):
-    """The four things a POST /records item can do (CONTRACT §5)."""
+    """The four things a POST /records item can do (api-behaviour.md §5)."""
 
     REGISTER = "register subject"
     UPDATE_SCHEDULED = "update scheduled record"
@@ -149,7 +149,7 @@ def placement_problems(fields: RowFields | Mapping[str, Any]) -> list[str]:
 
 
 def detect_mode(item: RecordItem, known_subject_keys: Iterable[str]) -> Mode:
-    """`item.mode`, plus registration with a chosen subjectKey (CONTRACT §5 DECISION)."""
+    """`item.mode`, plus registration with a chosen subjectKey (api-behaviour.md §5 DECISION)."""
     known = known_subject_keys if isinstance(known_subject_keys, set) else set(known_subject_keys)
     if registers_new_key(item, known):
         return Mode.REGISTER

@@ -24,7 +24,6 @@ from imednet_flows.emulator.quirks import listing_quirks
 from imednet_flows.emulator.store import QueryError, parse_sorts
 from imednet_flows.emulator.wire import Receive, Request, Response, Send, send_response
 
-API_PREFIX = "/api/v1/edc"
 ADMIN_PREFIX = "/_emulator"
 MAX_PAGE_SIZE = 500
 DEFAULT_PAGE_SIZE = 25

@@ -27,7 +27,7 @@ class Author:
     reason: str = ""
 
 
-#: POST /records runs as the API key's user; the API asks no reason (CONTRACT §5).
+#: POST /records runs as the API key's user; the API asks no reason (api-behaviour.md §5).
 API_AUTHOR = Author("api-user", "API")
 #: Admin mutations without a `user`: the first active site user, else this one.
 FALLBACK_SITE_USER = ("site-user", "Study Coordinator")

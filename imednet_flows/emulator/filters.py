@@ -1,6 +1,6 @@
 """Parser and compiler for the iMednet `filter` and `recordDataFilter` query parameters.
 
-The grammar and comparison rules are CONTRACT.md section 4. A filter is parsed and type-checked
+The grammar and comparison rules are docs/api-behaviour.md §4. A filter is parsed and type-checked
 once per request and turned into a predicate, because the emulator applies it to up to 200,000
 rows: every error (syntax, unknown attribute, bad operand) must surface before the first row is
 looked at, so it can become a 400, and the per-row work must stay at one `dict.get` plus one

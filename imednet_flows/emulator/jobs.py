@@ -1,7 +1,7 @@
 """POST /records batches as jobs: validation, the state machine and atomic apply.
 
 A batch is checked in full before anything changes, so a job that fails leaves
-every record, subject and revision untouched, as CONTRACT §5 requires.
+every record, subject and revision untouched, as api-behaviour.md §5 requires.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Job:
 
 
 def check_batch(body: Any) -> list[dict[str, Any]]:
-    """Synchronous checks that reject a request outright (CONTRACT §5, 'Synchronous 400')."""
+    """Synchronous checks that reject a request outright (api-behaviour.md §5)."""
     if not isinstance(body, list) or not body:
         raise BadBatch("the body must be a non-empty JSON array of record items")
     for n, item in enumerate(body):

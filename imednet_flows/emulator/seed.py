@@ -1,7 +1,7 @@
 """Deterministic seed data for the iMednet EDC emulator.
 
 The emulator serves these dicts verbatim, so every object is the exact API JSON of
-CONTRACT.md §3 (all fields present, ``ts`` strings, string-valued ``recordData``).
+api-behaviour.md §3 (all fields present, ``ts`` strings, string-valued ``recordData``).
 Generation is driven only by :class:`StudySpec` through one ``random.Random`` so two
 runs (and two processes) produce byte-identical data, which is what lets tests compare
 emulator output against a fresh generation.
@@ -605,7 +605,7 @@ def role_row(
     name: str, description: str, level: int, rtype: str, role_id: str, created: str,
     modified: str, community_id: int,
 ) -> dict:  # fmt: skip
-    """A Role as the API sends it (dates as ts strings, see CONTRACT §3)."""
+    """A Role as the API sends it (dates as ts strings, see api-behaviour.md §3)."""
     return {
         "dateCreated": created,
         "dateModified": modified,

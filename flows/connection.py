@@ -1,15 +1,16 @@
-"""The one client factory every flow uses.
+"""How a flow connects to iMednet: the one client factory every flow uses, and where
+`imednet-flows configure` stores the keys. It lives with the flows because it reads
+Prefect Secret blocks and Variables; `edc/` stays free of Prefect.
 
-Credentials come from the environment first (IMEDNET_API_KEY,
-IMEDNET_SECURITY_KEY, IMEDNET_BASE_URL), else from Prefect: Secret blocks
-`imednet-api-key` / `imednet-security-key` and the Variable `imednet-base-url`.
-They are never flow parameters, so they never reach the run's stored
-parameters, logs or artifacts. A missing key is an error, never a fall-back.
+Credentials come from the environment first (IMEDNET_API_KEY, IMEDNET_SECURITY_KEY,
+IMEDNET_BASE_URL, read through `imednet_flows.settings`), else from Prefect: Secret blocks
+`imednet-api-key` / `imednet-security-key` and the Variable `imednet-base-url`. They are
+never flow parameters, so they never reach the run's stored parameters, logs or
+artifacts. A missing key is an error, never a fall-back.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,61 +22,64 @@ from prefect.variables import Variable
 
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.edc.errors import ImednetFlowsError
+from imednet_flows.settings import Settings, settings
 
 API_KEY_BLOCK = "imednet-api-key"
 SECURITY_KEY_BLOCK = "imednet-security-key"
 BASE_URL_VARIABLE = "imednet-base-url"
-DEFAULT_CONCURRENCY = 4
+
+#: (settings field, Secret block) of each key, in the order they are looked up.
+KEYS = (("api_key", API_KEY_BLOCK), ("security_key", SECURITY_KEY_BLOCK))
 
 
-#: (environment variable, Secret block) of each key, in the order they are looked up.
-KEYS = (("IMEDNET_API_KEY", API_KEY_BLOCK), ("IMEDNET_SECURITY_KEY", SECURITY_KEY_BLOCK))
-BASE_URL_ENV = "IMEDNET_BASE_URL"
+def _env(config: Settings, field: str) -> str:
+    """A key or the base URL as the environment holds it; "" when unset."""
+    value = getattr(config, field)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else value.get_secret_value()
 
 
-def _env(name: str) -> str:
-    return os.environ.get(name, "").strip()
-
-
-def _missing(env: str, block: str) -> ImednetFlowsError:
+def _missing(field: str, block: str) -> ImednetFlowsError:
     return ImednetFlowsError(
-        f"no iMednet credential: set the environment variable {env} or create the Prefect "
+        f"no iMednet credential: set the environment variable {Settings.variable(field)} "
+        "or create the Prefect "
         f"Secret block '{block}' (`imednet-flows configure` does it)."
     )
 
 
 def resolve_credentials() -> Credentials:
+    config = settings()
     keys = []
-    for env, block in KEYS:
-        value = _env(env)
+    for name, block in KEYS:
+        value = _env(config, name)
         if not value:
             try:
                 value = str(Secret.load(block).get()).strip()  # type: ignore[union-attr]
             except ValueError:
-                raise _missing(env, block) from None
+                raise _missing(name, block) from None
         keys.append(value)
-    base_url = _env(BASE_URL_ENV) or Variable.get(BASE_URL_VARIABLE, default=None) or None
+    base_url = _env(config, "base_url") or Variable.get(BASE_URL_VARIABLE, default=None) or None
     return Credentials(base_url, *keys)
 
 
 async def aresolve_credentials() -> Credentials:
     """The same lookup from async code: in an async flow Prefect's block and variable calls
     must be awaited."""
+    config = settings()
     keys = []
-    for env, block in KEYS:
-        value = _env(env)
+    for name, block in KEYS:
+        value = _env(config, name)
         if not value:
             try:
                 value = str((await Secret.aload(block)).get()).strip()
             except ValueError:
-                raise _missing(env, block) from None
+                raise _missing(name, block) from None
         keys.append(value)
-    base_url = _env(BASE_URL_ENV) or await Variable.aget(BASE_URL_VARIABLE, default=None) or None
+    base_url = (
+        _env(config, "base_url") or await Variable.aget(BASE_URL_VARIABLE, default=None) or None
+    )
     return Credentials(base_url, *keys)
-
-
-def default_concurrency() -> int:
-    return int(os.environ.get("IMEDNET_FLOWS_MAX_CONCURRENCY") or DEFAULT_CONCURRENCY)
 
 
 @contextmanager
@@ -83,13 +87,12 @@ def imednet_client(
     max_concurrency: int | None = None, credentials: Credentials | None = None
 ) -> Iterator[ImednetClient]:
     """A client for one flow run; its semaphore bounds every API task of the run.
-    `credentials`: already resolved (an async flow resolves them with
+    `max_concurrency`: 0 or None means the setting (IMEDNET_FLOWS_MAX_CONCURRENCY, 4
+    unless set). `credentials`: already resolved (an async flow resolves them with
     `aresolve_credentials`); else looked up here."""
     credentials = credentials or resolve_credentials()
     client = ImednetClient(
-        credentials,
-        max_concurrency=max_concurrency or default_concurrency(),
-        credentials_source=resolve_credentials,
+        credentials, max_concurrency=max_concurrency or None, credentials_source=resolve_credentials
     )
     get_run_logger().info("iMednet API at %s", credentials.base_url or "the hosted service")
     try:
