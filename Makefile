@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(BIN)/imednet-flows demo
 
 # What a person sees is tested with Debian's tools: chromium for the Prefect UI (Playwright
-# cannot download a browser here; tests/test_ui_browser.py) and tmux for progress bars on a
-# terminal (tests/test_cli_progress.py). Installed when missing, without prompts (CI has no
+# cannot download a browser here; tests/ui/test_browser.py) and tmux for progress bars on a
+# terminal (tests/cli/test_progress.py). Installed when missing, without prompts (CI has no
 # stdin).
 CHROMIUM ?= /usr/bin/chromium
 test-tools:
@@ -38,13 +38,13 @@ test-tools:
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest
 
-# The sync's state machine at length (tests/test_sync_model.py). It prints its seed;
+# The sync's state machine at length (tests/sync/test_model.py). It prints its seed;
 # `make soak SEED=<n>` replays that run.
 soak: $(STAMP)
 	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "sync model soak: seed $$seed (replay: make soak SEED=$$seed)"; \
 	IMEDNET_FLOWS_SOAK=1 IMEDNET_FLOWS_SOAK_SEED=$$seed \
-		$(BIN)/python -m pytest tests/test_sync_model.py -q --timeout=3600
+		$(BIN)/python -m pytest tests/sync/test_model.py -q --timeout=3600
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

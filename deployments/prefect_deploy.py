@@ -3,7 +3,7 @@ project uses Prefect's private API.
 
 Prefect has no public function for this translation, and copying it would let `serve`
 (see `definitions`) and `prefect deploy` drift apart on the same prefect.yaml. So the
-private functions are called here and nowhere else, and tests/test_prefect_deploy.py
+private functions are called here and nowhere else, and tests/deployments/test_prefect_deploy.py
 pins what is relied on (interval and cron entries with timezone, slug and parameters; event
 triggers with expect, match, templated parameters and a default name): an upgrade of
 Prefect that changes them fails that test first.

@@ -13,7 +13,7 @@ import pytest
 
 from imednet_flows.frames import records_table, typed_column
 from imednet_flows.values import as_text
-from tests.test_edc_units import VARIABLES, _record
+from tests.core.test_frames import VARIABLES, _record
 
 #: (variableType, values as a server may send them, the typed column expected)
 MIXED = [

@@ -53,7 +53,7 @@ from imednet_flows.emulator import (
     running_emulator,
 )
 from tests.conftest import is_loopback_url
-from tests.test_deployments import wait_for
+from tests.deployments.test_deployments import wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

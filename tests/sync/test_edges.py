@@ -34,8 +34,8 @@ from imednet_flows.cli import app
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
 from tests.conftest import SMALL
+from tests.project.test_secrets import read_events
 from tests.sync_helpers import assert_cache_equals_truth, cache_rows, integrity_ok
-from tests.test_secrets import read_events
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 Env = Callable[[EmulatorServer], None]

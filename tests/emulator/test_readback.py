@@ -12,7 +12,7 @@ from imednet import ImednetSDK
 
 from imednet_flows.emulator import EmulatorClient, EmulatorServer
 from tests.conftest import SMALL
-from tests.test_emulator_contract import AUTH
+from tests.emulator.test_contract import AUTH
 
 K = SMALL.study_key
 

@@ -72,8 +72,7 @@ from imednet_flows.cache.crash import MARKER_ENV
 from imednet_flows.cache.snapshots import latest_snapshot
 from imednet_flows.emulator import EmulatorServer, StudySpec, running_emulator
 from imednet_flows.timestamps import canonical_ts, to_datetime
-from tests.sync_helpers import assert_cache_equals_truth, cache_rows, integrity_ok
-from tests.test_sync_reliability import (
+from tests.sync.test_reliability import (
     POINTS_AFTER_COMMIT,
     SIGKILLED,
     SYNC_POINTS_BEFORE_COMMIT,
@@ -83,6 +82,7 @@ from tests.test_sync_reliability import (
     describe,
     sync_env,
 )
+from tests.sync_helpers import assert_cache_equals_truth, cache_rows, integrity_ok
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 Truth = dict[str, dict[int, dict[str, Any]]]

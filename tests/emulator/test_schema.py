@@ -37,7 +37,7 @@ from referencing.jsonschema import DRAFT202012
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
 from tests.conftest import BIG, SMALL
 
-SPEC_FILE = Path(__file__).parent / "spec" / "mednet.yaml"
+SPEC_FILE = Path(__file__).parents[1] / "spec" / "mednet.yaml"
 #: The URI the spec document is registered under, so its "#/components/..." refs resolve.
 SPEC_URI = "urn:imednet:mednet.yaml"
 API = "/api/v1/edc"

@@ -10,7 +10,7 @@ from imednet import ImednetSDK
 
 from imednet_flows.emulator import EmulatorServer
 from tests.conftest import SMALL
-from tests.test_emulator_contract import AUTH
+from tests.emulator.test_contract import AUTH
 
 K = SMALL.study_key
 

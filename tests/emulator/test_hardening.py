@@ -23,7 +23,7 @@ from imednet_flows.emulator import server as server_module
 from imednet_flows.emulator.server import is_loopback_host, remote_bind_warning
 from imednet_flows.emulator.store import StudyExists
 from tests.conftest import SMALL
-from tests.test_emulator_contract import AUTH
+from tests.emulator.test_contract import AUTH
 
 K = SMALL.study_key
 RECORDS = f"/api/v1/edc/studies/{K}/records"

@@ -1,7 +1,7 @@
 """The README's cache, reader and snapshot sections, run and checked against the real thing.
 
 Why: documentation that is not run drifts. Each README block marked ``run by
-tests/test_readme_cache.py`` is extracted and executed here as written, in a folder of its
+tests/project/test_readme_cache.py`` is extracted and executed here as written, in a folder of its
 own, against a real emulator through the real SDK under a real Prefect API. The tables of
 cache columns and snapshot columns are generated from the code (`collections`, `arrow`) and
 compared with both the README and what a real sync writes, every file and column.
@@ -41,7 +41,7 @@ from imednet_flows.timestamps import to_datetime
 from imednet_flows.values import ARROW_TYPES
 from tests.sync_helpers import assert_cache_equals_truth
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 KEY = "PHX-101"
 SITE = "Chicago"
 #: The README's examples name PHX-101; a small study of that key keeps the runs fast.
@@ -63,7 +63,7 @@ def block(marker: str, text: str | None = None) -> str:
     """The fenced code block right after the README comment that names `marker`."""
     text = readme() if text is None else text
     match = re.search(
-        rf"<!-- {re.escape(marker)}: run by tests/test_readme_cache\.py -->\n"
+        rf"<!-- {re.escape(marker)}: run by tests/project/test_readme_cache\.py -->\n"
         r"```[a-z]*\n(.*?)\n```",
         text,
         re.S,
@@ -91,7 +91,7 @@ def check_generated(name: str, want: str) -> None:
         return
     assert have == want, (
         f"README.md's {name} table differs from the code; run "
-        f"IMEDNET_FLOWS_UPDATE_DOCS=1 pytest {Path(__file__).name} to regenerate it"
+        f"IMEDNET_FLOWS_UPDATE_DOCS=1 pytest tests/project/{Path(__file__).name} to regenerate it"
     )
 
 

@@ -44,8 +44,8 @@ from imednet_flows.emulator import (
     StudySpec,
     running_emulator,
 )
-from tests.test_deployments import flow_of, wait_for
-from tests.test_operations import BIN, base_env, prefect_server, stop_group, tail
+from tests.deployments.test_deployments import flow_of, wait_for
+from tests.deployments.test_operations import BIN, base_env, prefect_server, stop_group, tail
 
 CHROMIUM = Path(os.environ.get("IMEDNET_FLOWS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [

@@ -12,7 +12,7 @@ from imednet.errors import RateLimitError, RequestError, ServerError
 
 from imednet_flows.emulator import EmulatorClient, EmulatorServer
 from tests.conftest import SMALL, make_sdk
-from tests.test_emulator_contract import AUTH
+from tests.emulator.test_contract import AUTH
 
 K = SMALL.study_key
 

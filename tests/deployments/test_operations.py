@@ -43,8 +43,8 @@ from imednet_flows.emulator import (
     StudySpec,
     running_emulator,
 )
+from tests.deployments.test_deployments import assert_matches_yaml, flow_of, wait_for
 from tests.sync_helpers import assert_cache_equals_truth
-from tests.test_deployments import assert_matches_yaml, flow_of, wait_for
 
 BIN = Path(sys.executable).parent
 POOL = "imednet-process"

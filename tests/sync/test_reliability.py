@@ -533,7 +533,9 @@ def test_held_lock_skips_or_fails_and_changes_nothing(
     assert workspace_files(ws) == files
 
 
-def test_study_key_with_path_characters_stays_inside(tmp_path: Path) -> None:
+def test_cli_sync_of_a_study_key_with_path_characters_writes_only_inside_its_folders(
+    tmp_path: Path,
+) -> None:
     """A study key is data from a config or a user: it must never become a path."""
     evil = "../../x/K"
     inner = Workspace(tmp_path / "inner")
