@@ -100,7 +100,7 @@ def sync_study(
     )
     try:
         sync.run_fetch()
-        result = merge_into(Path(cache_path), sync)
+        result = merge_into(Path(cache_path), sync.staged())
     except BaseException as exc:
         progress.failed(exc)
         raise

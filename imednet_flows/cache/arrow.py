@@ -40,6 +40,10 @@ KIND_TYPES: dict[Kind, pa.DataType] = {
 #: the rules of `values`, which know the API's forms.
 _READ_TYPES: dict[Kind, pa.DataType] = {**KIND_TYPES, "ts": pa.string(), "date": pa.string()}
 _MIN_BLOCK = 1 << 20
+#: Parsed batches are short-lived and large: the system allocator hands them back at once,
+#: where Arrow's default pool keeps them, which made a snapshot's peak memory grow by
+#: more than its batches (benchmarks/sync_throughput.py, peak RSS growth).
+JSON_POOL = pa.system_memory_pool()
 
 
 # ------------------------------------------------------------------------------ schemas
@@ -82,12 +86,13 @@ def _read_json(raws: Sequence[str], schema: pa.Schema) -> pa.Table | None:
     try:
         table = pj.read_json(
             pa.BufferReader(data),
-            read_options=pj.ReadOptions(block_size=block),
+            read_options=pj.ReadOptions(block_size=block, use_threads=False),
             parse_options=pj.ParseOptions(
                 explicit_schema=schema,
                 unexpected_field_behavior="ignore",
                 newlines_in_values=False,
             ),
+            memory_pool=JSON_POOL,
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None

@@ -11,17 +11,15 @@ import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from imednet_flows.cache import staging, store
 from imednet_flows.cache.collections import Collection
 from imednet_flows.cache.crash import crash_point
 from imednet_flows.cache.db import connect, write_transaction
 from imednet_flows.cache.results import CollectionResult, StudyResult
+from imednet_flows.cache.staging import StagedRun
 from imednet_flows.timestamps import format_timestamp
-
-if TYPE_CHECKING:
-    from imednet_flows.cache.sync import StudySync
 
 _MERGE_LOCK = threading.Lock()
 #: A merge may wait this long for another process's merge (SQLite's own write lock).
@@ -31,58 +29,70 @@ MERGE_BUSY_TIMEOUT_MS = 600_000
 Changed = list[tuple[Any, str | None]] | None
 
 
-def merge_into(cache_path: Path, sync: StudySync) -> StudyResult:
+def merge_into(cache_path: Path, run: StagedRun) -> StudyResult:
     """Merge under a process-wide lock (threads take turns without busy-waiting); merges
     from other processes, e.g. Dask workers, queue on SQLite's write lock instead."""
     with _MERGE_LOCK:
         conn = connect(cache_path)
         try:
             conn.execute(f"PRAGMA busy_timeout={MERGE_BUSY_TIMEOUT_MS}")
-            return merge(conn, sync)
+            return merge(conn, run)
         finally:
             conn.close()
 
 
-def merge(conn: sqlite3.Connection, sync: StudySync) -> StudyResult:
+def merge(conn: sqlite3.Connection, run: StagedRun) -> StudyResult:
     """Apply one study's staged run in a single transaction."""
-    key = sync.study_key
+    key = run.study_key
     now = format_timestamp(datetime.now(UTC))
-    conn.execute("ATTACH DATABASE ? AS stage", (str(sync.stage_path),))
+    conn.execute("ATTACH DATABASE ? AS stage", (str(run.path),))
     try:
-        staging.verify(conn, "stage", sync.cache_path, key, sync.token)
+        staging.verify(conn, "stage", run.cache_path, key, run.token)
         with write_transaction(conn):
             logged: list[tuple[Collection, Changed]] = []
-            for spec in sync.collections:
-                result = sync.result.collection(spec.name)
+            for spec in run.collections:
+                result = run.result.collection(spec.name)
                 if result.skipped:
                     continue
-                changed = _merge_collection(conn, spec, key, result, sync.full_refresh)
+                changed = _merge_collection(conn, spec, key, result, run.full_refresh)
                 if changed is None or changed:
                     logged.append((spec, changed))
                 store.set_state(conn, spec, key, result.watermark_after, now)
                 crash_point(f"sync.merge-{spec.name}")
-            if logged:
-                version = store.bump_study_version(conn, key)
-                for spec, changed in logged:
-                    store.log_changes(conn, key, version, spec, changed)
-                store.prune_change_log(conn, key, version)
-            sync.result.data_version = store.study_version(conn, key)
-            conn.execute(
-                "INSERT INTO sync_runs (study_key, started, finished, changed, summary)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    key,
-                    now,
-                    format_timestamp(datetime.now(UTC)),
-                    int(sync.result.changed),
-                    sync.result.model_dump_json(),
-                ),
-            )
+            _log_run(conn, run, logged, now)
             crash_point("sync.before-commit")
     finally:
         conn.execute("DETACH DATABASE stage")
     crash_point("sync.after-commit")
-    return sync.result
+    return run.result
+
+
+def _log_run(
+    conn: sqlite3.Connection,
+    run: StagedRun,
+    logged: list[tuple[Collection, Changed]],
+    started: str,
+) -> None:
+    """A new data version and change-log entries when anything changed; the run's row in
+    `sync_runs` always."""
+    key = run.study_key
+    if logged:
+        version = store.bump_study_version(conn, key)
+        for spec, changed in logged:
+            store.log_changes(conn, key, version, spec, changed)
+        store.prune_change_log(conn, key, version)
+    run.result.data_version = store.study_version(conn, key)
+    conn.execute(
+        "INSERT INTO sync_runs (study_key, started, finished, changed, summary)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (
+            key,
+            started,
+            format_timestamp(datetime.now(UTC)),
+            int(run.result.changed),
+            run.result.model_dump_json(),
+        ),
+    )
 
 
 def _form(spec: Collection, alias: str) -> str:

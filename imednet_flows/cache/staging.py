@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 from imednet_flows.cache.collections import COLLECTIONS, Collection
+from imednet_flows.cache.results import StudyResult
 
 STAGING_DIR = ".staging"
 _SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -26,6 +28,20 @@ _SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 class StagingMismatch(RuntimeError):
     """A staging file was not written by the run that is merging: nothing is merged."""
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """A fetched run as the merge sees it: whose file, for which cache and study, and the
+    run's result, which the merge completes with its counts and the data version."""
+
+    path: Path
+    cache_path: Path
+    study_key: str
+    token: str
+    collections: tuple[Collection, ...]
+    result: StudyResult
+    full_refresh: bool
 
 
 def _digest(text: str) -> str:

@@ -47,6 +47,16 @@ def count(conn: sqlite3.Connection, spec: Collection, study_key: str) -> int:
     ).fetchone()[0]
 
 
+def distinct_count(
+    conn: sqlite3.Connection, spec: Collection, study_key: str, schema: str = "main"
+) -> int:
+    """Distinct ids, counted where they are (a staging table may hold a row twice)."""
+    return conn.execute(
+        f"SELECT COUNT(DISTINCT {spec.id_column}) FROM {schema}.{spec.table} WHERE study_key=?",
+        (study_key,),
+    ).fetchone()[0]
+
+
 def existing_ids(
     conn: sqlite3.Connection, spec: Collection, study_key: str, ids: Iterable[Any]
 ) -> list[Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from imednet_flows.cache.results import CollectionResult, StudyResult
 from imednet_flows.cache.rows import row_builder
 from imednet_flows.edc.client import MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.edc.errors import ImednetFlowsError
-from imednet_flows.edc.paging import scoped_filter
+from imednet_flows.edc.paging import page_params, paged, scoped_filter
 from imednet_flows.edc.server_checks import (
     MAX_CLOCK_AHEAD,
     Asked,
@@ -41,7 +40,7 @@ from imednet_flows.edc.server_checks import (
     check_listing,
     check_since,
 )
-from imednet_flows.filter_syntax import parse_timestamp
+from imednet_flows.filter_syntax import parse_timestamp, quote_value
 from imednet_flows.timestamps import format_timestamp
 
 #: Refuse to delete more than this share of a study's cached rows without full_refresh.
@@ -59,6 +58,11 @@ class SuspiciousResponse(ImednetFlowsError):
 
 def _minus(stamp: str, seconds: float) -> str:
     return format_timestamp(parse_timestamp(stamp) - timedelta(seconds=seconds))
+
+
+def _id_range(spec: Collection, lo: int | None, hi: int | None) -> list[str]:
+    """An id range's filter terms (both ends inclusive)."""
+    return [f"{spec.id_field}>={quote_value(lo)}", f"{spec.id_field}<={quote_value(hi)}"]
 
 
 def refused(exc: BaseException) -> bool:
@@ -96,6 +100,18 @@ class StudySync:
         self.stage.execute("BEGIN")
         # A first run has no cache yet: nothing is created until the merge.
         self.main = connect(cache_path, readonly=True) if cache_path.exists() else None
+
+    def staged(self) -> staging.StagedRun:
+        """What the merge needs of this run (after `run_fetch`)."""
+        return staging.StagedRun(
+            self.stage_path,
+            self.cache_path,
+            self.study_key,
+            self.token,
+            self.collections,
+            self.result,
+            self.full_refresh,
+        )
 
     # -- the run ------------------------------------------------------------------------
     def run_fetch(self) -> None:
@@ -171,44 +187,35 @@ class StudySync:
         """Page at the API's largest size straight into the staging file; return the
         server's clock at the first page. Pages shrinking under us (a hard delete while
         we page would shift a row past us) trigger a keyset pass that cannot skip."""
-        groups = [[f'{spec.since_field}>="{since}"']] if since else [[]]
+        groups = [[f"{spec.since_field}>={quote_value(since)}"]] if since else [[]]
         params = {**spec.params, **self._filter(spec, groups)}
-        page, server_now, totals = 0, None, []
+        server_now, totals = None, []
 
         def fetch(number: int) -> Listing:
-            return self._get(
-                spec,
-                {**params, "page": number, "size": MAX_PAGE_SIZE},
-                f"syncing {spec.name} of study {self.study_key} (page {number})",
-            )
+            what = f"syncing {spec.name} of study {self.study_key} (page {number})"
+            return self._get(spec, page_params(params, number), what)
 
         # The next page downloads while this one is written: two pages in memory at most.
-        with ThreadPoolExecutor(1, thread_name_prefix=f"fetch-{spec.name}") as pool:
-            pending = pool.submit(fetch, 0)
-            while True:
-                listing = pending.result()
-                result.requests += 1
-                total_pages = listing.total_pages
-                if page < total_pages - 1:
-                    pending = pool.submit(fetch, page + 1)
-                if page == 0:
-                    server_now = listing.server_now
-                items = listing.items
-                if since and spec.since_field:
-                    check_since(items, since, listing.asked, spec.id_field, spec.since_field)
-                self._stage(spec, items)
-                result.fetched += len(items)
-                totals.append(listing.total_elements)
-                if self.progress:
-                    self.progress(spec.name, page + 1, total_pages)
-                if page == 1:
-                    crash_point("sync.mid-page")
-                if page >= total_pages - 1:
-                    break
-                page += 1
+        for number, listing in enumerate(paged(fetch, prefetch=True)):
+            result.requests += 1
+            if number == 0:
+                server_now = listing.server_now
+            self._take(spec, listing, since)
+            result.fetched += len(listing.items)
+            totals.append(listing.total_elements)
+            if self.progress:
+                self.progress(spec.name, number + 1, listing.total_pages)
+            if number == 1:
+                crash_point("sync.mid-page")
         if spec.incremental and min(totals[1:], default=totals[0]) < max(totals):
             self._keyset_pass(spec, groups, since, result)
         return server_now
+
+    def _take(self, spec: Collection, listing: Listing, since: str | None) -> None:
+        """Stage a checked page (a delta's rows must all be at or after `since`)."""
+        if since and spec.since_field:
+            check_since(listing.items, since, listing.asked, spec.id_field, spec.since_field)
+        self._stage(spec, listing.items)
 
     def _keyset_pass(
         self,
@@ -219,42 +226,30 @@ class StudySync:
     ) -> None:
         last: Any = -1
         while True:
-            keyed = [[*g, f"{spec.id_field}>{last}"] for g in groups]
-            listing = self._get(
-                spec,
-                {
-                    **spec.params,
-                    **self._filter(spec, keyed),
-                    **spec.id_sort(),
-                    "page": 0,
-                    "size": MAX_PAGE_SIZE,
-                },
-                f"re-reading {spec.name} of study {self.study_key}",
-            )
+            keyed = [[*g, f"{spec.id_field}>{quote_value(last)}"] for g in groups]
+            params = {**spec.params, **self._filter(spec, keyed), **spec.id_sort()}
+            what = f"re-reading {spec.name} of study {self.study_key}"
+            listing = self._get(spec, page_params(params, 0), what)
             result.requests += 1
-            items = listing.items
-            check_keyset(items, spec.id_field, last, listing.asked)
-            if since and spec.since_field:
-                check_since(items, since, listing.asked, spec.id_field, spec.since_field)
-            self._stage(spec, items)
-            if len(items) < MAX_PAGE_SIZE:
+            check_keyset(listing.items, spec.id_field, last, listing.asked)
+            self._take(spec, listing, since)
+            if len(listing.items) < MAX_PAGE_SIZE:
                 return
-            last = items[-1][spec.id_field]
+            last = listing.items[-1][spec.id_field]
 
     # -- hard deletes -------------------------------------------------------------------
     def _server_count(self, spec: Collection, lo: int | None = None, hi: int | None = None) -> int:
-        groups = [[]] if lo is None else [[f"{spec.id_field}>={lo}", f"{spec.id_field}<={hi}"]]
-        params = {**self._filter(spec, groups), "page": 0, "size": 1}
+        groups = [[]] if lo is None else [_id_range(spec, lo, hi)]
+        params = page_params(self._filter(spec, groups), 0, 1)
         listing = self._get(spec, params, f"counting {spec.name} of {self.study_key}")
         if lo is not None:
             check_id_range(listing.items, spec.id_field, lo, hi, listing.asked)
         return listing.total_elements
 
     def _server_rows(self, spec: Collection, lo: int, hi: int) -> list[dict[str, Any]]:
-        groups = [[f"{spec.id_field}>={lo}", f"{spec.id_field}<={hi}"]]
         listing = self._get(
             spec,
-            {**self._filter(spec, groups), "page": 0, "size": MAX_PAGE_SIZE},
+            page_params(self._filter(spec, [_id_range(spec, lo, hi)]), 0),
             f"checking {spec.name} of {self.study_key} for deletions",
         )
         check_id_range(listing.items, spec.id_field, lo, hi, listing.asked)
@@ -265,9 +260,12 @@ class StudySync:
         """Rows the cache will hold after the merge, without loading every id: cached rows
         plus staged ids the cache does not have yet (few, in a delta)."""
         cached = 0 if self.main is None else store.count(self.main, spec, self.study_key)
+        if cached == 0:  # a first sync: counted in SQLite, no list of every id in memory
+            return store.distinct_count(self.stage, spec, self.study_key)
         staged = store.cached_ids(self.stage, spec, self.study_key)
-        if self.main is None or not staged:
-            return cached + len(staged)
+        if not staged:
+            return cached
+        assert self.main is not None
         return (
             cached + len(staged) - len(store.existing_ids(self.main, spec, self.study_key, staged))
         )

@@ -7,9 +7,10 @@ SDK 0.5.0's `list()` pages at 100 and buffers the whole study; a sync of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from imednet_flows.edc.client import API_ROOT, MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.filter_syntax import Dnf, and_dnf, dnf, quote_value, render_dnf
@@ -18,12 +19,55 @@ from imednet_flows.filter_syntax import Dnf, and_dnf, dnf, quote_value, render_d
 STUDY_KEY_SCOPED = {"subjects", "visits", "queries", "recordRevisions", "records"}
 
 
+class Paged(Protocol):
+    """What the stop rule needs of a page, checked (`server_checks.Listing`) or not."""
+
+    @property
+    def total_pages(self) -> int: ...
+
+
+P = TypeVar("P", bound=Paged)
+
+
 @dataclass(frozen=True)
 class Page:
     items: list[dict[str, Any]]
     number: int
     total_pages: int
     total_elements: int
+
+
+def page_params(params: dict[str, Any], number: int, size: int = MAX_PAGE_SIZE) -> dict[str, Any]:
+    """One page's request: the listing's own parameters plus page and size."""
+    return {**params, "page": number, "size": size}
+
+
+def paged(fetch: Callable[[int], P], start: int = 0, prefetch: bool = False) -> Iterator[P]:
+    """Every page from `start` until the server's totalPages says stop (the SDK's own rule).
+
+    `fetch(n)` gets and checks page n. With `prefetch`, page n+1 downloads (and is checked)
+    in a worker thread while the caller handles page n: two pages in memory at most, and
+    a caller that stops early waits only for the one page already under way.
+    """
+    if not prefetch:
+        number = start
+        while True:
+            page = fetch(number)
+            yield page
+            if number >= page.total_pages - 1:
+                return
+            number += 1
+    with ThreadPoolExecutor(1, thread_name_prefix="page-prefetch") as pool:
+        number, pending = start, pool.submit(fetch, start)
+        while True:
+            page = pending.result()
+            last = number >= page.total_pages - 1
+            if not last:
+                pending = pool.submit(fetch, number + 1)
+            yield page
+            if last:
+                return
+            number += 1
 
 
 def study_scope(route: str, study_key: str) -> Dnf:
@@ -74,18 +118,21 @@ def iter_pages(
 def _pages(
     client: ImednetClient, path: str, params: dict[str, Any], page_size: int, page: int, what: str
 ) -> Iterator[Page]:
-    while True:
+    """Unchecked pages: listings and extracts read what the server sends as it sends it."""
+
+    def fetch(number: int) -> Page:
         payload = client.get(
-            path, {**params, "page": page, "size": page_size}, what=f"{what} (page {page})"
+            path, page_params(params, number, page_size), what=f"{what} (page {number})"
         )
         pagination = payload.get("pagination") or {}
-        total_pages = int(pagination.get("totalPages") or 0)
-        yield Page(
-            payload.get("data") or [], page, total_pages, int(pagination.get("totalElements") or 0)
+        return Page(
+            payload.get("data") or [],
+            number,
+            int(pagination.get("totalPages") or 0),
+            int(pagination.get("totalElements") or 0),
         )
-        if page >= total_pages - 1:
-            return
-        page += 1
+
+    return paged(fetch, page)
 
 
 def iter_items(

@@ -27,10 +27,10 @@ def test_ranges_cover_every_id() -> None:
 
 
 def test_touched_parts_hold_the_ids() -> None:
-    assert touched(PARTS, []) == set()
-    assert touched(PARTS, [-5, 99]) == {0}
-    assert touched(PARTS, [100, 499]) == {1}  # a lower bound belongs to its own part
-    assert touched(PARTS, [500, 10**12, 1]) == {0, 2}
+    assert touched(PARTS, []) == {}
+    assert touched(PARTS, [-5, 99]) == {0: [-5, 99]}
+    assert touched(PARTS, [100, 499]) == {1: [100, 499]}  # a lower bound belongs to its own part
+    assert touched(PARTS, [500, 10**12, 1]) == {2: [500, 10**12], 0: [1]}
     assert touched(PARTS, ["a"]) is None  # an id of another type: rebuild the table
 
 

@@ -308,6 +308,36 @@ def test_edits_rewrite_only_the_parts_holding_them(
     assert (edited_rows["recordStatus"] == "Edited").sum() == 3
 
 
+def test_a_few_edits_patch_their_parts_without_rereading_the_ranges(
+    tmp_path: Path,
+    conn: sqlite3.Connection,
+    data: StudyData,
+    snap_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A part with a few changed rows is the previous part less those rows plus the
+    cache's copies of them: no range is typed again from the cache, and the set equals a
+    from-scratch build (an edit, a hard delete and a new row in one part)."""
+    snap(conn, snap_dir)
+    records = sorted(data.records, key=lambda r: r["recordId"])
+    change(conn, KEY, "records", edited([records[5]], recordStatus="Edited"))
+    change(conn, KEY, "records", deletes=[records[6]["recordId"]])
+    change(conn, KEY, "records", [{**records[7], "recordId": records[7]["recordId"] * 1000}])
+    reread: list[Any] = []
+    whole = writer._SetWriter._write_range
+
+    def spy(self: Any, table: Any, *args: Any) -> Any:
+        reread.append((table.rel, args[0]))
+        return whole(self, table, *args)
+
+    monkeypatch.setattr(writer._SetWriter, "_write_range", spy)
+    second = snap(conn, snap_dir)
+    monkeypatch.undo()
+    assert second.rebuilt is None and second.files_written
+    assert reread == []
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
 def test_reference_collections_cost_nothing(conn: sqlite3.Connection, snap_dir: Path):
     first = snap(conn, snap_dir)
     change(conn, KEY, "subjects", edited([orjson.loads(cache_rows(conn, "subjects")[0][1])]))

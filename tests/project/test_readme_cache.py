@@ -63,7 +63,7 @@ def block(marker: str, text: str | None = None) -> str:
     """The fenced code block right after the README comment that names `marker`."""
     text = readme() if text is None else text
     match = re.search(
-        rf"<!-- {re.escape(marker)}: run by tests/test_readme_cache\.py -->\n"
+        rf"<!-- {re.escape(marker)}: run by tests/project/test_readme_cache\.py -->\n"
         r"```[a-z]*\n(.*?)\n```",
         text,
         re.S,

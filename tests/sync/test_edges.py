@@ -121,7 +121,7 @@ def test_merge_refuses_a_staging_file_it_did_not_write(
             mine.stage.close()
             other.stage_path.replace(mine.stage_path)  # another run's file in its place
             with pytest.raises(staging.StagingMismatch, match="nothing was merged"):
-                merge_into(cache, mine)
+                merge_into(cache, mine.staged())
         finally:
             mine.close()
             other.close()

@@ -67,14 +67,15 @@ def ranges(parts: Sequence[Part]) -> list[Range]:
     ]
 
 
-def touched(parts: Sequence[Part], ids: Iterable[Any]) -> set[int] | None:
-    """Indexes of the parts whose ranges hold any of `ids`; None if an id cannot be placed
-    (its type does not compare with the bounds), so the caller rebuilds the table."""
+def touched(parts: Sequence[Part], ids: Iterable[Any]) -> dict[int, list[Any]] | None:
+    """The ids of `ids` in each part whose range holds any of them, by part index; None if
+    an id cannot be placed (its type does not compare with the bounds), so the caller
+    rebuilds the table."""
     bounds = [part.lo for part in parts[1:]]
-    found: set[int] = set()
+    found: dict[int, list[Any]] = {}
     try:
         for row_id in ids:
-            found.add(bisect_right(bounds, row_id))
+            found.setdefault(bisect_right(bounds, row_id), []).append(row_id)
     except TypeError:
         return None
     return found

@@ -18,6 +18,7 @@ share them between sets, so an edit in place would show through every set.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
@@ -76,6 +78,11 @@ PARQUET_OPTIONS: dict[str, Any] = {
     "compression_level": 1,
 }
 FORMS_DIR = "forms"
+#: A part is patched (read, changed rows dropped and re-read from the cache, written) only
+#: while its changed rows are under 1/PATCH_SHARE of it; more, and it is rebuilt.
+PATCH_SHARE = 4
+#: Ids per `IN (...)` when reading changed rows (well under SQLite's variable limit).
+ID_CHUNK = 500
 #: Parts are shared by hard links between sets: read-only, so an edit in place (which
 #: would show through every set) takes a deliberate chmod first.
 READ_ONLY = 0o444
@@ -117,6 +124,8 @@ class _Table:
     id_column: str
     #: Selected per row: the id first, then what `convert` needs.
     columns: tuple[str, ...]
+    #: The id's column in the Arrow table (the API's name: ``recordId``).
+    arrow_id: str
     #: The rows of this table: ``study_key=?`` and, for a form, ``form_key=?``.
     where: str
     args: tuple[Any, ...]
@@ -132,6 +141,33 @@ class _Table:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One range of a table: built from the cache (no `part`), the previous set's `part`
+    linked (no `changed`), or that part patched with the `changed` ids in its range."""
+
+    range: Range
+    part: Part | None = None
+    changed: list[Any] | None = None
+
+
+def _without(old: pa.Table, table: _Table, step: _Step) -> pa.Table | None:
+    """A previous part's rows less the changed ids; None if the part does not cast to this
+    table's schema without loss, has another row count, or the ids are not of the id
+    column's type."""
+    assert step.part is not None and step.changed is not None
+    if old.num_rows != step.part.rows:
+        return None
+    try:
+        # Parquet has no seconds unit: timestamp[s] columns come back as ms, whole seconds.
+        old = old.cast(table.schema)
+        ids = old.column(table.arrow_id)
+        changed = pa.array(step.changed, ids.type)
+    except (pa.ArrowException, KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return old.filter(pc.invert(pc.is_in(ids, value_set=changed)))
+
+
 def _collection_table(spec: Collection, study_key: str) -> _Table:
     return _Table(
         rel=f"{spec.name}.parquet",
@@ -139,6 +175,7 @@ def _collection_table(spec: Collection, study_key: str) -> _Table:
         sql_table=spec.table,
         id_column=spec.id_column,
         columns=tuple(arrow.select_columns(spec)),
+        arrow_id=spec.id_field,
         where="study_key=?",
         args=(study_key,),
         convert=lambda rows: arrow.rows_table(spec, rows),
@@ -152,6 +189,7 @@ def _form_table(form_key: str, variables: list[dict[str, Any]], study_key: str) 
         sql_table=RECORDS.table,
         id_column=RECORDS.id_column,
         columns=(RECORDS.id_column, arrow.RAW),
+        arrow_id=RECORDS.id_field,
         where="study_key=? AND form_key=?",
         args=(study_key, form_key),
         convert=lambda rows: arrow.form_table([r[1] for r in rows], variables, form_key),
@@ -195,14 +233,14 @@ class _SetWriter:
         old = parse_parts(previous) if self._usable(previous, table) else None
         plan = None if old is None or changed is None else touched(old, changed)
         if old is None or plan is None:
-            parts = self._build(table, [(Range(), None)], split_above=self.part_rows)
+            parts = self._build(table, [_Step(Range())], split_above=self.part_rows)
         else:
-            steps = [(r, None if k in plan else old[k]) for k, r in enumerate(ranges(old))]
+            steps = [_Step(r, old[k], plan.get(k)) for k, r in enumerate(ranges(old))]
             parts = self._build(table, steps, split_above=2 * self.part_rows)
             if sum(p.rows for p in parts) != self._count(table, Range()):
                 # The log missed something (or the cache was rebuilt): trust only the cache.
                 self._forget(table, parts)
-                parts = self._build(table, [(Range(), None)], split_above=self.part_rows)
+                parts = self._build(table, [_Step(Range())], split_above=self.part_rows)
         return {
             "file": table.rel,
             "rows": sum(p.rows for p in parts),
@@ -218,18 +256,20 @@ class _SetWriter:
             and previous.get("signature") == table.signature
         )
 
-    def _build(
-        self, table: _Table, steps: list[tuple[Range, Part | None]], split_above: int
-    ) -> list[Part]:
+    def _build(self, table: _Table, steps: list[_Step], split_above: int) -> list[Part]:
         directory = self.tmp / table.rel
         directory.mkdir(parents=True, exist_ok=True)
         parts: list[Part] = []
-        for rng, reuse in steps:
-            linked = self._reuse(table, reuse, len(parts)) if reuse is not None else None
-            if linked is not None:
-                parts.append(linked)
-            else:
-                parts += self._write_range(table, rng, split_above, len(parts))
+        for step in steps:
+            done: list[Part] | None = None
+            if step.part is not None and step.changed is None:
+                linked = self._reuse(table, step.part, len(parts))
+                done = None if linked is None else [linked]
+            elif step.part is not None:
+                done = self._patch(table, step, split_above, len(parts))
+            if done is None:
+                done = self._write_range(table, step.range, split_above, len(parts))
+            parts += done
         if not parts:  # an empty table still has a file: readers need its columns
             parts.append(self._write_part(table, 0, None, []))
         first = parts[0]
@@ -270,6 +310,46 @@ class _SetWriter:
         self.result.files_reused.append(f"{table.rel}/{name}")
         return Part(part.lo, part.rows, name, part.bytes)
 
+    # -- patching -----------------------------------------------------------------------
+    def _patch(
+        self, table: _Table, step: _Step, split_above: int, number: int
+    ) -> list[Part] | None:
+        """The previous set's part with its changed rows replaced by the cache's: Arrow
+        work on one part and a SQLite read of the changed rows only, instead of typing
+        every row of the range again. None when that is not certain to give the rebuilt
+        part's rows (another schema, ids that do not compare, a part grown past
+        `split_above`): the caller then rebuilds the range from the cache."""
+        assert self.previous is not None and step.part is not None and step.changed
+        if len(step.changed) * PATCH_SHARE > step.part.rows:
+            return None
+        try:
+            kept = _without(pq.read_table(self.previous / table.rel / step.part.file), table, step)
+        except (OSError, pa.ArrowException):
+            return None
+        if kept is None:
+            return None
+        rows = self._rows_by_id(table, step.range, sorted(step.changed))
+        fresh = table.convert(rows) if rows else table.schema.empty_table()
+        merged = pa.concat_tables([kept, fresh]).sort_by(table.arrow_id)
+        if merged.num_rows > split_above:
+            return None
+        if merged.num_rows == 0:
+            return []
+        return [self._write_part(table, number, step.range.lo, [merged])]
+
+    def _rows_by_id(self, table: _Table, rng: Range, ids: list[Any]) -> list[tuple[Any, ...]]:
+        """The cache's rows of `ids` that lie in `rng` (deleted ones are simply absent)."""
+        where, args = self._range_sql(table, rng)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), ID_CHUNK):
+            chunk = ids[start : start + ID_CHUNK]
+            sql = (
+                f"SELECT {', '.join(table.columns)} FROM {table.sql_table} WHERE {where} "
+                f"AND {table.id_column} IN ({', '.join('?' * len(chunk))})"
+            )
+            rows += _cursor(self.conn, sql, [*args, *chunk]).fetchall()
+        return rows
+
     # -- writing ------------------------------------------------------------------------
     def _range_sql(self, table: _Table, rng: Range) -> tuple[str, list[Any]]:
         where, args = table.where, list(table.args)
@@ -305,7 +385,8 @@ class _SetWriter:
             batches = self._batches(cursor, size, last=index == len(sizes) - 1)
             first = next(batches, [])
             lo = rng.lo if index == 0 or not first else first[0][0]
-            parts.append(self._write_part(table, number + index, lo, [first], batches))
+            tables = (table.convert(b) for b in itertools.chain([first], batches) if b)
+            parts.append(self._write_part(table, number + index, lo, tables))
         return parts
 
     def _batches(
@@ -320,22 +401,15 @@ class _SetWriter:
             taken += len(rows)
             yield rows
 
-    def _write_part(
-        self,
-        table: _Table,
-        number: int,
-        lo: Any,
-        *batch_sources: Iterable[list[tuple[Any, ...]]],
-    ) -> Part:
+    def _write_part(self, table: _Table, number: int, lo: Any, tables: Iterable[pa.Table]) -> Part:
         name = part_file(number)
         path = self.tmp / table.rel / name
         rows = 0
         with pq.ParquetWriter(path, table.schema, **PARQUET_OPTIONS) as writer:
-            for source in batch_sources:
-                for batch in source:
-                    if batch:
-                        writer.write_table(table.convert(batch))
-                        rows += len(batch)
+            for typed in tables:
+                if typed.num_rows:
+                    writer.write_table(typed, row_group_size=self.batch_rows)
+                    rows += typed.num_rows
             if rows == 0:
                 writer.write_table(table.schema.empty_table())
         path.chmod(READ_ONLY)
@@ -470,6 +544,48 @@ def _write_tables(
     return collections, forms
 
 
+def _check_arguments(
+    conn: sqlite3.Connection, retention: int, batch_rows: int, part_rows: int
+) -> None:
+    if retention < 1:
+        raise ValueError("retention must keep at least one set")
+    if batch_rows < 1 or part_rows < 1:
+        raise ValueError("batch_rows and part_rows must be positive")
+    if conn.in_transaction:
+        raise RuntimeError("write_snapshot needs a connection outside any transaction")
+
+
+def _previous_set(study_dir: Path) -> Path | None:
+    """The set ``latest`` points at, else the newest complete one: what a new set builds on."""
+    previous = latest_target(study_dir)
+    if previous is None:
+        sets = complete_sets(study_dir)
+        previous = sets[-1] if sets else None
+    return previous
+
+
+def _manifest(
+    study_key: str,
+    name: str,
+    now: datetime,
+    version: int,
+    result: SnapshotResult,
+    collections: dict[str, Any],
+    forms: dict[str, Any],
+) -> dict[str, Any]:
+    """What a set holds and at which data version: readers and the next set rely on it."""
+    return {
+        "format": FORMAT_VERSION,
+        "study_key": study_key,
+        "name": name,
+        "created": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "data_version": version,
+        "rows": result.rows,
+        "collections": collections,
+        "forms": forms,
+    }
+
+
 def write_snapshot(
     conn: sqlite3.Connection,
     study_key: str,
@@ -484,12 +600,7 @@ def write_snapshot(
     opened here, so it is consistent even while another connection commits. Writers for one
     study must be serialised by the caller (the sync's FileLock); readers need no lock.
     """
-    if retention < 1:
-        raise ValueError("retention must keep at least one set")
-    if batch_rows < 1 or part_rows < 1:
-        raise ValueError("batch_rows and part_rows must be positive")
-    if conn.in_transaction:
-        raise RuntimeError("write_snapshot needs a connection outside any transaction")
+    _check_arguments(conn, retention, batch_rows, part_rows)
     started = time.monotonic()
     study_dir = study_path(snapshot_dir, study_key)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -499,10 +610,7 @@ def write_snapshot(
     name = new_set_name(study_dir, now)
     final = inside(study_dir, name)
     tmp = inside(study_dir, TMP_PREFIX + name)
-    previous = latest_target(study_dir)
-    if previous is None:
-        sets = complete_sets(study_dir)
-        previous = sets[-1] if sets else None
+    previous = _previous_set(study_dir)
 
     result = SnapshotResult(path=final)
     (tmp / FORMS_DIR).mkdir(parents=True)
@@ -528,16 +636,7 @@ def write_snapshot(
     result.data_version = version
     result.rebuilt = baseline.reason
 
-    manifest = {
-        "format": FORMAT_VERSION,
-        "study_key": study_key,
-        "name": name,
-        "created": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "data_version": version,
-        "rows": result.rows,
-        "collections": collections,
-        "forms": forms,
-    }
+    manifest = _manifest(study_key, name, now, version, result, collections, forms)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
 
     crash_point("snapshot.before-rename")
