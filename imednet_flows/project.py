@@ -13,6 +13,7 @@ No Prefect import here: finding the project must not cost Prefect's import.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ def load(target: str) -> Any:
     folder = root()
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
+    _share_with_child_processes(folder)
     module_name, _, name = target.partition(":")
     module = importlib.import_module(module_name)
     source = Path(module.__file__ or "").resolve()
@@ -84,3 +86,13 @@ def load(target: str) -> Any:
             "or reinstall imednet-flows (`make venv`)."
         )
     return getattr(module, name)
+
+
+def _share_with_child_processes(folder: Path) -> None:
+    """Flow runs that `serve` starts are Python processes of their own that load the flow by
+    its entrypoint file; its `from tasks...` imports need the project folder on their path
+    too, whatever folder `serve` was started from. PYTHONPATH is the process environment
+    handed down to them, not a setting of imednet-flows, hence read here."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(folder) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), *paths])

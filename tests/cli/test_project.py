@@ -182,3 +182,20 @@ def test_commands_that_run_no_flow_need_no_project(
     done = installed_cli(["queries", "--study", K], env, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "not recorded in Prefect" in done.stderr and " open, " in done.stdout
+
+
+def test_processes_started_after_a_load_import_the_project_from_anywhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The flow runs `serve` starts load their flow by its file and import `tasks` and
+    `flows` from there; they run in whatever folder `serve` was started from."""
+    monkeypatch.setenv("PYTHONPATH", "")
+    project.load("flows.open_queries:get_open_queries")
+    child = subprocess.run(
+        [sys.executable, "-c", "import tasks.api, flows.common; print('ok')"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
