@@ -326,11 +326,11 @@ def _profile_rows(profile: cProfile.Profile) -> list[dict[str, Any]]:
 def profile_replay(child: Child, edits: int, root: Path) -> dict[str, Any]:
     """A full and a delta run of the sync's work without Prefect, each phase profiled (the
     sync's own thread only: the page prefetch runs beside it)."""
-    from flows.connection import resolve_credentials
     from imednet_flows.cache.db import connect
     from imednet_flows.cache.merge import merge_into
     from imednet_flows.cache.snapshots import write_snapshot
     from imednet_flows.cache.sync import StudySync
+    from imednet_flows.credentials import resolve_credentials
     from imednet_flows.edc.client import ImednetClient
 
     cache, phases = root / "imednet.sqlite", {}

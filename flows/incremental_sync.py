@@ -28,12 +28,13 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel, Field, PrivateAttr
 
 from flows.common import Concurrency, artifact_key, documented, param
-from flows.connection import aresolve_credentials, imednet_client
+from flows.connection import imednet_client
 from imednet_flows.cache.db import connect
 from imednet_flows.cache.lock import exclusive_writer, lock_path
 from imednet_flows.cache.results import StudyResult
 from imednet_flows.cache.snapshots import SnapshotResult, snapshot_is_current
 from imednet_flows.cache.studies import Discovery, wants_discovery
+from imednet_flows.credentials import aresolve_credentials
 from imednet_flows.edc.client import Credentials, ImednetClient
 from tasks.cache import list_visible_studies, record_studies, snapshot_study, sync_study
 

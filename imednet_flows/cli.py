@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from imednet_flows import cli_progress
+from imednet_flows import cli_progress, project
 from imednet_flows.emulator import (
     DEMO_API_KEY,
     DEMO_SECURITY_KEY,
@@ -258,16 +258,21 @@ def _recorded_or_direct(flow: str, plain: str, *args: Any) -> Any:
     one code path either way. Each is imported only when chosen, since importing Prefect
     flows is slow and a direct run should not pay for it."""
     if _recording().as_flow:
-        return _run_flow(_imported(flow), *args)
+        return _run_flow(project.load(flow), *args)
     from imednet_flows import direct
 
+    module, name = plain.split(":")
     with direct.session(_say) as (_client, submit):
-        return _imported(plain)(submit, *args)
+        return getattr(importlib.import_module(module), name)(submit, *args)
 
 
-def _imported(target: str) -> Any:
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
+def _project(target: str | None = None) -> Any:
+    """`project.load(target)` (the project's folder when no target) for a command that
+    needs the project: none found is one line that says what to do, never a traceback."""
+    try:
+        return project.load(target) if target else project.root()
+    except project.ProjectNotFound as exc:
+        raise _fail(exc) from None
 
 
 def _study_keys(keys: list[str]) -> list[str]:
@@ -334,8 +339,7 @@ def sync(
     keys = ["*"] if all_studies else _study_keys(study or [])
     _cache_file(cache)
     _recording(always="sync")
-    from flows.incremental_sync import incremental_sync
-
+    incremental_sync = _project("flows.incremental_sync:incremental_sync")
     _flow_console()  # before the bars, which print Prefect's log lines above themselves
     try:
         with cli_progress.shown():
@@ -449,10 +453,8 @@ def extract(
             _flow_console()  # before the bars, which print Prefect's log lines above themselves
         with cli_progress.shown():
             if mode.as_flow:
-                from flows.extract_records import extract_records_by_criteria
-
                 frame = _run_flow(
-                    extract_records_by_criteria,
+                    project.load("flows.extract_records:extract_records_by_criteria"),
                     study,
                     record_filter=record_filter,
                     subject_filter=subject_filter,
@@ -627,7 +629,7 @@ def upsert(
     _recording(always="upsert")
     try:
         rows = read_rows(path)  # a file that holds no rows is refused before any flow run starts
-        from flows.upsert_records import create_or_update_records
+        create_or_update_records = project.load("flows.upsert_records:create_or_update_records")
 
         _flow_console()  # before the bars, which print Prefect's log lines above themselves
         with cli_progress.shown() as shown:
@@ -659,8 +661,7 @@ def serve(
     ] = False,
 ) -> None:
     """Serve every deployment of prefect.yaml from this process (no worker needed)."""
-    from deployments.serve import main as serve_main
-
+    serve_main = _project("deployments.serve:main")
     serve_main(["--pause-on-shutdown"] if pause_on_shutdown else [])
 
 
@@ -670,14 +671,12 @@ WORK_POOL = "imednet-process"
 @app.command()
 def deploy() -> None:
     """Create the work pool `imednet-process` if missing, then deploy all of prefect.yaml."""
-    from deployments.definitions import PROJECT_ROOT
-    from deployments.pool import ensure_work_pool
-
+    ensure_work_pool = _project("deployments.pool:ensure_work_pool")
     created = ensure_work_pool(WORK_POOL)
     typer.echo(f"work pool {WORK_POOL}: {'created' if created else 'exists'}")
     prefect = Path(sys.executable).with_name("prefect")
     done = subprocess.run(
-        [str(prefect), "--no-prompt", "deploy", "--all"], cwd=PROJECT_ROOT, check=False
+        [str(prefect), "--no-prompt", "deploy", "--all"], cwd=project.root(), check=False
     )
     if done.returncode:
         raise typer.Exit(done.returncode)
@@ -692,7 +691,7 @@ def configure(
 ) -> None:
     """Store the API keys as Prefect Secret blocks (prompted, never echoed) and the base URL
     as a Prefect Variable."""
-    from flows.connection import store_credentials
+    from imednet_flows.credentials import store_credentials
 
     api_key = typer.prompt("iMednet API key", hide_input=True)
     security_key = typer.prompt("iMednet security key", hide_input=True)
@@ -713,6 +712,7 @@ def demo(
     """Run the main job against an embedded emulator and report what happened."""
     from imednet_flows.demo import run_demo
 
+    _project()  # before the emulator starts
     raise typer.Exit(run_demo(subjects=subjects))
 
 

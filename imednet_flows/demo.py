@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from imednet_flows import project
 from imednet_flows.emulator import StudySpec, running_emulator
 from imednet_flows.emulator.handle import DEMO_API_KEY, DEMO_SECURITY_KEY
 from imednet_flows.settings import settings
@@ -162,8 +163,8 @@ def run_demo(subjects: int = 60, output: str = "demo-output") -> int:
 
 
 def _sync_step(title: str, paths: DemoPaths) -> None:
-    # Imported here: importing Prefect flows is slow and `--help` should not pay for it.
-    from flows.incremental_sync import run_incremental_sync
+    # Loaded here: importing Prefect flows is slow and `--help` should not pay for it.
+    run_incremental_sync = project.load("flows.incremental_sync:run_incremental_sync")
 
     _step(title)
     result, seconds = _timed(
@@ -210,7 +211,7 @@ def _history_step(paths: DemoPaths, record_id: int) -> None:
 
 
 def _open_queries_step() -> None:
-    from flows.open_queries import get_open_queries
+    get_open_queries = project.load("flows.open_queries:get_open_queries")
 
     _step("4. Open queries")
     queries = get_open_queries(STUDY)
@@ -223,7 +224,7 @@ def _open_queries_step() -> None:
 
 
 def _extract_step(paths: DemoPaths) -> None:
-    from flows.extract_records import extract_records_by_criteria
+    extract_records_by_criteria = project.load("flows.extract_records:extract_records_by_criteria")
 
     _step("5. Extract serious adverse events (formKey==AE, aeser==Serious)")
     frame = extract_records_by_criteria(
@@ -241,7 +242,7 @@ def _extract_step(paths: DemoPaths) -> None:
 
 
 def _subject_step(emu: Emulator) -> None:
-    from flows.subject_data import get_all_subject_data
+    get_all_subject_data = project.load("flows.subject_data:get_all_subject_data")
 
     _step("6. Everything about one subject")
     subject_key = emu.rows(STUDY, "subjects")[0]["subjectKey"]
@@ -255,7 +256,7 @@ def _subject_step(emu: Emulator) -> None:
 
 
 def _upsert_step(emu: Emulator) -> None:
-    from flows.upsert_records import create_or_update_records
+    create_or_update_records = project.load("flows.upsert_records:create_or_update_records")
 
     _step("7. Upsert two records and wait for the job")
     rows = _two_updates(emu.rows(STUDY, "records"), emu.rows(STUDY, "variables"))

@@ -45,7 +45,7 @@ def credentials(notice: Callable[[str], None]) -> Credentials:
         "imednet-base-url), which starts Prefect and, with no Prefect API configured, a "
         "temporary server. Export all three to skip this."
     )
-    from flows.connection import resolve_credentials  # imports Prefect: only when needed
+    from imednet_flows.credentials import resolve_credentials  # imports Prefect: only when needed
 
     return resolve_credentials()
 

@@ -251,7 +251,7 @@ def report(findings: list[Finding], console: Console) -> int:
 
 def run_doctor(study_key: str | None, console: Console | None = None) -> int:
     """Resolve credentials as the flows do, examine the server, print, return the exit code."""
-    from flows.connection import resolve_credentials
+    from imednet_flows.credentials import resolve_credentials
 
     console = console or Console()
     try:

@@ -101,6 +101,14 @@ class Settings(BaseSettings):
         description="a file the crash point writes its name to",
     )
 
+    # Where the Prefect project (prefect.yaml, flows/) is, when not found from the current
+    # folder (see `project`).
+    project: str | None = Field(
+        None,
+        alias="IMEDNET_FLOWS_PROJECT",
+        description="a folder holding prefect.yaml and flows/ (the imednet-flows project)",
+    )
+
     # Prefect's own variables, read the way Prefect reads them, to tell without importing
     # Prefect whether a run would be recorded (see `recording`).
     prefect_api_url: str | None = Field(

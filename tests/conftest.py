@@ -127,7 +127,7 @@ def clean_stored_credentials() -> Iterator[None]:
     from prefect.blocks.system import Secret
     from prefect.variables import Variable
 
-    from flows.connection import API_KEY_BLOCK, BASE_URL_VARIABLE, SECURITY_KEY_BLOCK
+    from imednet_flows.credentials import API_KEY_BLOCK, BASE_URL_VARIABLE, SECURITY_KEY_BLOCK
 
     for block in (API_KEY_BLOCK, SECURITY_KEY_BLOCK):
         with contextlib.suppress(ValueError):

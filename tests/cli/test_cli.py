@@ -67,7 +67,7 @@ def test_upsert_rejects_a_missing_rows_file(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("prefect_api", "clean_stored_credentials")
 def test_configure_stores_blocks_the_client_then_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.connection import resolve_credentials
+    from imednet_flows.credentials import resolve_credentials
 
     for name in ("IMEDNET_API_KEY", "IMEDNET_SECURITY_KEY", "IMEDNET_BASE_URL"):
         monkeypatch.delenv(name, raising=False)

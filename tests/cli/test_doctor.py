@@ -180,7 +180,7 @@ def test_missing_credentials_say_what_to_set(
 def test_keys_from_secret_blocks_as_the_flows_use_them(
     fresh_emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, prefect_api: None
 ) -> None:
-    from flows.connection import store_credentials
+    from imednet_flows.credentials import store_credentials
 
     store_credentials(DEMO_API_KEY, DEMO_SECURITY_KEY, fresh_emulator.base_url)
     for name in ("IMEDNET_BASE_URL", "IMEDNET_API_KEY", "IMEDNET_SECURITY_KEY"):

@@ -1,11 +1,11 @@
 """The API keys never leave the client: not in logs, artifacts, parameters, results, events,
 the cache, the snapshots or any output file.
 
-Why: flows/connection.py promises that credentials are read from the environment or from Prefect
-Secret blocks and are never flow parameters, so they never reach what Prefect stores or what
-the flows write. These tests run every flow against an emulator that accepts only two
-recognisable fake keys, then grep everything a run leaves behind for them: once with the keys
-in the environment, once from Secret blocks (`store_credentials`) with no key in the
+Why: imednet_flows/credentials.py promises that credentials are read from the environment
+or from Prefect Secret blocks and are never flow parameters, so they never reach what Prefect
+stores or what the flows write. These tests run every flow against an emulator that accepts
+only two recognisable fake keys, then grep everything a run leaves behind for them: once with
+the keys in the environment, once from Secret blocks (`store_credentials`) with no key in the
 environment, and the demo's output folder for the demo keys.
 """
 
@@ -38,12 +38,17 @@ from prefect.states import State
 from prefect.variables import Variable
 from pydantic import BaseModel
 
-from flows.connection import API_KEY_BLOCK, BASE_URL_VARIABLE, SECURITY_KEY_BLOCK, store_credentials
 from flows.extract_records import extract_records_by_criteria
 from flows.incremental_sync import CHANGED_EVENT, run_incremental_sync
 from flows.open_queries import get_open_queries
 from flows.subject_data import get_all_subject_data
 from flows.upsert_records import create_or_update_records
+from imednet_flows.credentials import (
+    API_KEY_BLOCK,
+    BASE_URL_VARIABLE,
+    SECURITY_KEY_BLOCK,
+    store_credentials,
+)
 from imednet_flows.emulator import (
     DEMO_API_KEY,
     DEMO_SECURITY_KEY,
