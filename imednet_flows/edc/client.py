@@ -131,11 +131,16 @@ class ImednetClient:
             yield
 
     def get(self, path: str, params: dict[str, Any] | None = None, what: str = "") -> Any:
-        """GET and parse JSON, through the retry policy; errors say what to do."""
+        """GET and parse JSON, through the retry policy; errors say what to do.
+
+        The parsed body is taken off the response, not read from it: httpx keeps every
+        response in a reference cycle, freed only by a full garbage collection, and a page's
+        decoded items (several times its bytes) must go as soon as the caller drops them.
+        """
         try:
             with self.slot():
                 response = self._http.get(path, params=params)
-            payload = response.extensions.get(PARSED)
+            payload = response.extensions.pop(PARSED, None)
             return payload if payload is not None else orjson.loads(response.content)
         except Exception as exc:  # orjson's decode error is a json.JSONDecodeError
             raise explain(exc, what or f"GET {path}") from exc

@@ -7,6 +7,7 @@ by the code under test.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -227,3 +228,21 @@ def test_every_attempt_is_counted_once(fresh_emulator: EmulatorServer) -> None:
             client.get("/api/v1/edc/studies", what="listing studies")
         assert (client.requests, client.retries) == (5, 2)
     assert len(fresh_emulator.emulator.requests()) == 5
+
+
+def test_a_parsed_page_belongs_to_the_caller_alone(emulator: EmulatorServer) -> None:
+    """httpx keeps each response in a reference cycle that only a full garbage collection
+    frees; a decoded page left on it (several times the page's bytes) would pile up, page
+    after page, in a sync's memory. What `get` returns is referenced by nothing else."""
+    credentials = Credentials(emulator.base_url, DEMO_API_KEY, DEMO_SECURITY_KEY)
+    enabled = gc.isenabled()
+    gc.disable()  # the response's cycle must not be collected before we look
+    try:
+        with ImednetClient(credentials) as client:
+            payload = client.get("/api/v1/edc/studies", what="listing studies")
+            assert payload["data"], "the emulator lists its studies"
+            holders = [r for r in gc.get_referrers(payload) if isinstance(r, dict)]
+            assert holders == [], "the parsed page is still held by the response"
+    finally:
+        if enabled:
+            gc.enable()
