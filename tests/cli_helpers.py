@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
@@ -23,3 +24,9 @@ def user_env(server: EmulatorServer, home: Path, api_url: str | None = None) -> 
     if api_url is not None:
         env["PREFECT_API_URL"] = api_url
     return env
+
+
+def one_line(output: str) -> str:
+    """A CLI message as one line: Rich's error box and its line wrapping removed, so a check
+    for a phrase does not depend on where a long path made the box wrap it."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())

@@ -227,5 +227,6 @@ def test_sync_on_a_terminal_draws_a_bar_per_collection(
         bar = line_of(screen, f"{k} {entity.name} ")  # once: log lines never break the bars
         assert "━━━━" in bar and "1/1 pages" in bar, screen
     assert f"recorded in Prefect at {prefect_api_url}" in screen
-    note = re.compile(r"^flow run [0-9a-f-]{36} completed(: http\S+)?$", re.MULTILINE)
+    # The run's URL may wrap onto the next line of the pane, as a person would see it.
+    note = re.compile(r"^flow run [0-9a-f-]{36} completed(:\s+http\S+)?$", re.MULTILINE)
     assert note.search(screen), screen

@@ -33,6 +33,7 @@ from imednet_flows.cache.sync import StudySync
 from imednet_flows.cli import app
 from imednet_flows.edc.client import Credentials, ImednetClient
 from imednet_flows.emulator import DEMO_API_KEY, DEMO_SECURITY_KEY, EmulatorServer
+from tests.cli_helpers import one_line
 from tests.conftest import SMALL
 from tests.project.test_secrets import read_events
 from tests.sync_helpers import assert_cache_equals_truth, cache_rows, integrity_ok
@@ -323,7 +324,7 @@ def test_empty_or_folder_cache_paths_are_usage_errors(
     empty = runner.invoke(app, [*base, "--cache", ""])
     assert empty.exit_code == 2 and "cache path is empty" in empty.output
     folder = runner.invoke(app, [*base, "--cache", str(tmp_path)])
-    assert folder.exit_code == 2 and "is a folder" in folder.output
+    assert folder.exit_code == 2 and "is a folder" in one_line(folder.output), folder.output
     assert fresh_emulator.emulator.requests() == []
 
 
