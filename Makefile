@@ -35,10 +35,8 @@ test-tools:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing </dev/null; }
 
-# Two test processes (pytest-xdist), a test file each at a time: module-scoped servers
-# stay in one process, and the suite waits on servers and subprocesses more than on CPU.
 test: $(STAMP) test-tools
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 # The sync's state machine at length (tests/sync/test_model.py). It prints its seed;
 # `make soak SEED=<n>` replays that run.

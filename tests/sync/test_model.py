@@ -28,7 +28,7 @@ short test changes on every run, and so hide a watermark that moved too far. Har
 stay below what the sync refuses without full_refresh (an entity is never emptied, and no
 cache is ever more than 50 rows ahead of the API), so a refusal here is a failure.
 
-Two modes. `make test` runs a bounded, derandomized run (BOUNDED: 5 examples of at most 8
+Two modes. `make test` runs a bounded, derandomized run (BOUNDED: 4 examples of at most 7
 rounds after the first sync, at most one kill and one overlap each, since each starts a
 Python process of a few seconds). `make soak` (IMEDNET_FLOWS_SOAK=1) runs more and longer
 examples from a random seed it prints; `make soak SEED=<n>` replays one.
@@ -130,7 +130,7 @@ class Mode:
     overlaps: int
 
 
-BOUNDED = Mode(examples=5, steps=8, kills=1, overlaps=1)
+BOUNDED = Mode(examples=4, steps=7, kills=1, overlaps=1)
 
 
 #: The soak run's size, each overridable from the environment (a replay needs the same).
