@@ -91,7 +91,7 @@ def artifact_key(*parts: str) -> str:
 
 def _key_part(part: str) -> str:
     slug = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", part.lower())).strip("-")
-    if re.fullmatch(r"[A-Za-z0-9-]*", part) and slug == part.lower().strip("-"):
+    if slug == part.lower():
         return slug
     digest = hashlib.sha256(part.encode()).hexdigest()[:6]
     return f"{slug}-{digest}" if slug else digest
