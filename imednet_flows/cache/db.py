@@ -9,7 +9,9 @@ from ``raw`` by Arrow (`arrow`), so the per-row work of a sync stays small.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,6 +92,8 @@ def connect(cache_path: str | Path, readonly: bool = False) -> sqlite3.Connectio
         raise FileNotFoundError(f"no cache at {path}; run the sync first")
     if not readonly:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _create(path)
     try:
         if readonly:
             conn = sqlite3.connect(
@@ -130,6 +134,32 @@ def connect(cache_path: str | Path, readonly: bool = False) -> sqlite3.Connectio
     if not readonly:
         migrate(conn)
     return conn
+
+
+def _create(path: Path) -> None:
+    """A new cache appears whole: built under a temporary name and linked into place.
+
+    Studies of one run open the cache read-only as soon as it exists; a file still being
+    created would show them an empty or half-migrated schema, and fail them. Another writer
+    that links first wins, and its file is used."""
+    building = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")
+    try:
+        conn = sqlite3.connect(building, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            migrate(conn)
+        finally:
+            conn.close()  # the last connection folds the WAL into the file
+        try:
+            os.link(building, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links: a rename, unless one won
+            if not path.exists():
+                os.replace(building, path)
+    finally:
+        for leftover in (building, *(Path(f"{building}{s}") for s in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
 
 
 @contextmanager

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from imednet_flows.cache import db
 from imednet_flows.cache.db import SCHEMA_VERSION, connect, migrate
 
 
@@ -43,3 +47,37 @@ def test_two_writers_migrating_one_old_cache_run_each_step_once(tmp_path: Path) 
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert [tuple(r) for r in conn.execute("SELECT study_key, site_id FROM sites")] == [("S", 1)]
     conn.close()
+
+
+def test_a_new_cache_is_never_seen_half_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Studies of one run open the cache read-only as soon as it exists, while the first
+    merge creates it. At every step of the creation a reader must find no file or the whole
+    schema: a half-migrated one failed the study ("has cache schema v2")."""
+    path = tmp_path / "cache.sqlite"
+    seen: list[str] = []
+
+    def read_now() -> None:
+        if not path.exists():
+            seen.append("none")
+            return
+        conn = connect(path, readonly=True)  # a half-created schema raises here
+        seen.append(f"v{conn.execute('PRAGMA user_version').fetchone()[0]}")
+        conn.close()
+
+    def watched(step: Callable[[sqlite3.Connection], None]) -> Callable[..., None]:
+        def run(conn: sqlite3.Connection) -> None:
+            read_now()
+            step(conn)
+            read_now()
+
+        return run
+
+    for version, step in list(db.MIGRATIONS.items()):
+        monkeypatch.setitem(db.MIGRATIONS, version, watched(step))
+    writer = connect(path)
+    read_now()
+    writer.close()
+    assert seen == ["none"] * (2 * SCHEMA_VERSION) + [f"v{SCHEMA_VERSION}"]
+    assert not list(tmp_path.glob(".cache.sqlite.*")), "the file built under another name is left"
