@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from filelock import Timeout
-from prefect import flow, get_run_logger
+from prefect import Task, flow, get_run_logger
 from prefect.artifacts import acreate_table_artifact
+from prefect.context import SyncClientContext
 from prefect.events import emit_event
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -39,6 +40,7 @@ from imednet_flows.edc.client import Credentials, ImednetClient
 from tasks.cache import list_visible_studies, record_studies, snapshot_study, sync_study
 
 CHANGED_EVENT = "imednet.sync.changed"
+R = TypeVar("R")
 COUNTS = ("inserted", "updated", "soft_deleted", "hard_deleted")
 
 
@@ -208,7 +210,8 @@ def _sync_job(
     max_concurrency: int,
 ) -> SyncRunResult:
     started = time.perf_counter()
-    with imednet_client(max_concurrency, credentials) as client:
+    # One Prefect client for every task this thread runs (each would open its own).
+    with SyncClientContext.get_or_create(), imednet_client(max_concurrency, credentials) as client:
         # Studies are listed before the lock is taken: a key that sees none writes nothing.
         listed = list_visible_studies(client) if discover else None
         try:
@@ -258,27 +261,58 @@ def _run(
         found, pruned = record_studies(str(cache), listed, prune_missing)
         study_keys = found.visible
         _record_discovery(result, found, pruned)
-    futures = {
-        key: sync_study.submit(client, str(cache), key, full_refresh, overlap)
-        for key in dict.fromkeys(study_keys)
-    }
+    done, errors = _per_study(
+        sync_study,
+        list(dict.fromkeys(study_keys)),
+        client=client,
+        cache_path=str(cache),
+        full_refresh=full_refresh,
+        overlap_seconds=overlap,
+    )
+    result.studies.update(done)
+    for key, exc in errors.items():  # other studies still get merged and snapshotted
+        result.failed[key] = str(exc)
+        result._errors[key] = exc
+    stale = _stale_snapshots(cache, snapshot_dir, list(result.studies))
+    done, errors = _per_study(
+        snapshot_study,
+        stale,
+        cache_path=str(cache),
+        snapshot_dir=str(snapshot_dir),
+        retention=retention,
+    )
+    result.snapshots.update(done)
+    for key, exc in errors.items():  # the cache is saved; the next run publishes the snapshot
+        result.failed[key] = f"its snapshot failed: {exc}"
+        result._errors[key] = exc
+    return result
+
+
+def _per_study(
+    study_task: Task[..., R], keys: list[str], **kwargs: Any
+) -> tuple[dict[str, R], dict[str, Exception]]:
+    """Run `study_task(study_key=key, **kwargs)` for each study: results and errors by study key.
+
+    One study (the usual case) runs in this thread, which holds the run's Prefect client;
+    several run concurrently as submitted task runs. A task run in a worker thread opens two
+    Prefect API clients of its own, and each loads the CA bundle into a new TLS context
+    (about 0.1 s on a small machine): on an ordinary 15-minute cycle that was most of the
+    sync's own time."""
+    done: dict[str, R] = {}
+    errors: dict[str, Exception] = {}
+    if len(keys) == 1:
+        try:
+            done[keys[0]] = study_task(study_key=keys[0], **kwargs)
+        except Exception as exc:
+            errors[keys[0]] = exc
+        return done, errors
+    futures = {key: study_task.submit(study_key=key, **kwargs) for key in keys}
     for key, future in futures.items():
         try:
-            result.studies[key] = future.result()
-        except Exception as exc:  # other studies still get merged and snapshotted
-            result.failed[key] = str(exc)
-            result._errors[key] = exc
-    stale = _stale_snapshots(cache, snapshot_dir, list(result.studies))
-    snapshots = {
-        key: snapshot_study.submit(str(cache), key, str(snapshot_dir), retention) for key in stale
-    }
-    for key, future in snapshots.items():
-        try:
-            result.snapshots[key] = future.result()
-        except Exception as exc:  # the cache is saved; the next run publishes the snapshot
-            result.failed[key] = f"its snapshot failed: {exc}"
-            result._errors[key] = exc
-    return result
+            done[key] = future.result()
+        except Exception as exc:
+            errors[key] = exc
+    return done, errors
 
 
 def _upgrade_schema(cache: Path) -> None:
