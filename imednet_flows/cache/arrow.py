@@ -15,7 +15,9 @@ same table; a snapshot never fails on what a server sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -44,6 +46,41 @@ _MIN_BLOCK = 1 << 20
 #: where Arrow's default pool keeps them, which made a snapshot's peak memory grow by
 #: more than its batches (benchmarks/sync_throughput.py, peak RSS growth).
 JSON_POOL = pa.system_memory_pool()
+
+
+class _SystemAllocator:
+    """Arrow's default pool is the system allocator while any `system_allocator()` block
+    runs, and what it was before once the last one ends.
+
+    A snapshot allocates and frees batch after batch; Arrow's default pool (mimalloc) keeps
+    what was freed, so a full snapshot of 200,000 records peaked at 140 MB over its start,
+    against 100 MB on the system allocator (benchmarks/sync_throughput.py). Every buffer
+    remembers the pool it came from, so other Arrow work in the process meanwhile is safe:
+    it merely allocates from the system allocator too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._before: pa.MemoryPool | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                self._before = pa.default_memory_pool()
+                pa.set_memory_pool(pa.system_memory_pool())
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0 and self._before is not None:
+                    pa.set_memory_pool(self._before)
+                    self._before = None
+
+
+system_allocator = _SystemAllocator()
 
 
 # ------------------------------------------------------------------------------ schemas

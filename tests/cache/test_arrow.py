@@ -3,6 +3,7 @@ the per-row path give the same tables, and nothing a server sends makes either f
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -152,3 +153,42 @@ def test_empty_inputs_keep_the_schema(data: StudyData) -> None:
     assert arrow.form_table([], data.variables, "VS").schema == arrow.form_schema(
         data.variables, "VS"
     )
+
+
+def test_the_system_allocator_is_arrows_default_only_while_a_block_runs() -> None:
+    """Two snapshots overlapping in threads: the pool that was the default before comes back
+    when the last one ends, not when the first does; buffers made inside stay usable."""
+    before = pa.default_memory_pool()
+    assert before.backend_name != "system", "the test needs another default pool"
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, str] = {}
+
+    def first() -> None:
+        with arrow.system_allocator():
+            first_in.set()
+            second_in.wait(5)
+            seen["first"] = pa.default_memory_pool().backend_name
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with arrow.system_allocator():
+            second_in.set()
+            first_out.wait(5)
+            seen["second, after the first ended"] = pa.default_memory_pool().backend_name
+            kept = pa.array(["kept"] * 1000)
+        seen["after both"] = pa.default_memory_pool().backend_name
+        seen["kept"] = kept[999].as_py()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {
+        "first": "system",
+        "second, after the first ended": "system",
+        "after both": before.backend_name,
+        "kept": "kept",
+    }
+    assert pa.default_memory_pool().backend_name == before.backend_name
