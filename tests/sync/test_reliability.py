@@ -55,6 +55,7 @@ from imednet_flows.emulator import (
     StudySpec,
     running_emulator,
 )
+from tests.forked_cli import ForkedCli
 from tests.sync_helpers import assert_cache_equals_truth, integrity_ok
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_api")]
@@ -137,11 +138,8 @@ class Workspace:
         return study_path(self.snapshots, key)
 
 
-def sync_command(ws: Workspace, *extra: str, key: str = KEY) -> list[str]:
+def sync_args(ws: Workspace, *extra: str, key: str = KEY) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "imednet_flows.cli",
         "sync",
         "--study",
         key,
@@ -151,6 +149,10 @@ def sync_command(ws: Workspace, *extra: str, key: str = KEY) -> list[str]:
         str(ws.snapshots),
         *extra,
     ]
+
+
+def sync_command(ws: Workspace, *extra: str, key: str = KEY) -> list[str]:
+    return [sys.executable, "-m", "imednet_flows.cli", *sync_args(ws, *extra, key=key)]
 
 
 def sync_env(
@@ -348,6 +350,14 @@ def baseline(prefect_api: None, tmp_path_factory: pytest.TempPathFactory) -> Bas
     return Baseline(ws.root, latest.name, cache_digest(ws.cache), manifest["rows"])
 
 
+@pytest.fixture(scope="module")
+def forked_cli(prefect_api: None) -> ForkedCli:
+    """The CLI forked from a process that imported it once (see `tests.forked_cli`)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return ForkedCli({"PREFECT_API_URL": str(PREFECT_API_URL.value())})
+
+
 @pytest.fixture
 def workspace(baseline: Baseline, tmp_path: Path) -> Workspace:
     # symlinks=True keeps `latest` a symlink instead of copying the set it points to.
@@ -391,6 +401,7 @@ def test_crash_at_point_then_recover(
     workspace: Workspace,
     server: EmulatorServer,
     imednet_env: Env,
+    forked_cli: ForkedCli,
     tmp_path: Path,
 ) -> None:
     """A SIGKILL can land anywhere; whatever it interrupts, the cache must hold the last
@@ -399,7 +410,7 @@ def test_crash_at_point_then_recover(
     mutate(server)
     marker = tmp_path / "crash-marker"
 
-    crashed = run_sync(server, ws, crash_at=point, marker=marker)
+    crashed = forked_cli.run(sync_args(ws), sync_env(server, point, marker))
     assert crashed.returncode == SIGKILLED, describe(crashed)
     assert marker.read_text() == point  # the point was reached, not some other failure
 
