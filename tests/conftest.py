@@ -20,6 +20,7 @@ from imednet_flows.emulator import (
     StudySpec,
     running_emulator,
 )
+from tests.forked_cli import ForkedCli
 
 #: More than 500 rows of subjects, visits, records and queries: page boundaries get crossed.
 BIG = StudySpec(study_key="PHX-101", study_id=1, seed=11, subjects=520)
@@ -108,6 +109,15 @@ def prefect_api() -> Iterator[None]:
         temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
     ):
         yield
+
+
+@pytest.fixture(scope="session")
+def forked_cli(prefect_api: None) -> ForkedCli:
+    """`imednet-flows` runs forked from a server that imported it once (`tests.forked_cli`),
+    reporting to the session's Prefect API."""
+    from prefect.settings import PREFECT_API_URL
+
+    return ForkedCli({"PREFECT_API_URL": str(PREFECT_API_URL.value())})
 
 
 @pytest.fixture

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from multiprocessing import forkserver
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 PRELOAD = ["imednet_flows.cli", "flows.incremental_sync", "tests.forked_cli"]
@@ -52,20 +55,43 @@ class ForkedCli:
             os.environ.clear()
             os.environ.update(saved)
 
+    def start(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> _Started:
+        folder = tempfile.mkdtemp(prefix="forked-cli-")
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        process = self._context.Process(
+            target=_cli, args=(argv, env, None if cwd is None else str(cwd), str(out), str(err))
+        )
+        process.start()
+        return _Started(argv, process, Path(folder))
+
     def run(
         self, argv: list[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 180
     ) -> subprocess.CompletedProcess[str]:
-        with tempfile.TemporaryDirectory(prefix="forked-cli-") as folder:
-            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-            process = self._context.Process(
-                target=_cli, args=(argv, env, None if cwd is None else str(cwd), str(out), str(err))
-            )
-            process.start()
-            process.join(timeout)
-            if process.exitcode is None:
-                process.kill()
-                process.join(10)
-                raise subprocess.TimeoutExpired(argv, timeout, out.read_text(), err.read_text())
-            return subprocess.CompletedProcess(
-                argv, process.exitcode, out.read_text(), err.read_text()
-            )
+        return self.start(argv, env, cwd).wait(timeout)
+
+
+@dataclass
+class _Started:
+    """A run under way; `wait` gives what `subprocess.run(..., capture_output=True)` would."""
+
+    argv: list[str]
+    process: BaseProcess
+    folder: Path
+
+    def wait(self, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        try:
+            self.process.join(timeout)
+            out = (self.folder / "stdout").read_text()
+            err = (self.folder / "stderr").read_text()
+            if self.process.exitcode is None:
+                raise subprocess.TimeoutExpired(self.argv, timeout, out, err)
+            return subprocess.CompletedProcess(self.argv, self.process.exitcode, out, err)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill it if it still runs (a failed test must not leave it behind)."""
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join(10)
+        shutil.rmtree(self.folder, ignore_errors=True)

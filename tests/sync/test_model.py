@@ -43,8 +43,6 @@ import os
 import random
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -72,6 +70,7 @@ from imednet_flows.cache.crash import MARKER_ENV
 from imednet_flows.cache.snapshots import latest_snapshot
 from imednet_flows.emulator import EmulatorServer, StudySpec, running_emulator
 from imednet_flows.timestamps import canonical_ts, to_datetime
+from tests.forked_cli import ForkedCli
 from tests.sync.test_reliability import (
     POINTS_AFTER_COMMIT,
     SIGKILLED,
@@ -398,13 +397,11 @@ class Context:
     point_at: Env
     mode: Mode
     counter: Iterator[int]
+    cli: ForkedCli
 
 
-def sync_command(cache: Cache) -> list[str]:
+def sync_args(cache: Cache) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "imednet_flows.cli",
         "sync",
         "--study",
         KEY,
@@ -608,14 +605,7 @@ class SyncModel(RuleBasedStateMachine):
         marker = self.folder / f"crash-{next(self.kills)}"
         env = sync_env(self.server)
         env.update({CRASH_ENV: point, MARKER_ENV: str(marker)})
-        proc = subprocess.run(
-            sync_command(self.c1),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=PROCESS_TIMEOUT,
-            check=False,
-        )
+        proc = self.ctx.cli.run(sync_args(self.c1), env, timeout=PROCESS_TIMEOUT)
         self.leftover = proc.returncode == SIGKILLED and point.startswith("sync.")
         if proc.returncode == SIGKILLED:
             assert marker.read_text() == point, describe(proc)
@@ -647,27 +637,18 @@ class SyncModel(RuleBasedStateMachine):
         truth, pending = read_truth(self.server), self.pending_faults()
         seen = len(self.emu.requests())
         with self.slowed():
-            proc = subprocess.Popen(
-                sync_command(self.c2),
-                env=sync_env(self.server),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            run = self.ctx.cli.start(sync_args(self.c2), sync_env(self.server))
             try:
                 deadline = time.monotonic() + PROCESS_TIMEOUT
                 # c2 stages from its first request on: start c1 inside that window.
-                while len(self.emu.requests()) == seen and proc.poll() is None:
+                while len(self.emu.requests()) == seen and run.process.exitcode is None:
                     assert time.monotonic() < deadline, "the c2 sync never reached the API"
                     time.sleep(0.02)
                 error = self.sync_in_process(self.c1)
                 self.leftover = False
-                out, err = proc.communicate(timeout=PROCESS_TIMEOUT)
+                done = run.wait(PROCESS_TIMEOUT)
             finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+                run.stop()
         outcomes = [(self.c1, error), (self.c2, None if done.returncode == 0 else describe(done))]
         problems = []
         for cache, failure in outcomes:
@@ -717,9 +698,9 @@ def model_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("model_env")
 @pytest.mark.skipif(os.environ.get("IMEDNET_FLOWS_SOAK") == "1", reason="the soak run replaces it")
-def test_sync_model_bounded(imednet_env: Env, tmp_path: Path) -> None:
+def test_sync_model_bounded(imednet_env: Env, tmp_path: Path, forked_cli: ForkedCli) -> None:
     """Derandomized, so CI sees the same sequences on every run."""
-    ctx = Context(tmp_path, imednet_env, BOUNDED, itertools.count())
+    ctx = Context(tmp_path, imednet_env, BOUNDED, itertools.count(), forked_cli)
     run_model(
         ctx,
         settings(
@@ -738,7 +719,7 @@ def test_sync_model_bounded(imednet_env: Env, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("model_env")
 @pytest.mark.skipif(os.environ.get("IMEDNET_FLOWS_SOAK") != "1", reason="make soak runs it")
-def test_sync_model_soak(imednet_env: Env, tmp_path: Path) -> None:
+def test_sync_model_soak(imednet_env: Env, tmp_path: Path, forked_cli: ForkedCli) -> None:
     """Long run from a printed seed; `make soak SEED=<n>` replays it."""
     mode = soak_mode()
     chosen = os.environ.get("IMEDNET_FLOWS_SOAK_SEED") or str(random.SystemRandom().getrandbits(32))
@@ -749,7 +730,7 @@ def test_sync_model_soak(imednet_env: Env, tmp_path: Path) -> None:
         ]
     )
     print(f"\nsync model soak: {mode}; replay: {replay}", flush=True)
-    ctx = Context(tmp_path, imednet_env, mode, itertools.count())
+    ctx = Context(tmp_path, imednet_env, mode, itertools.count(), forked_cli)
     try:
         run_model(
             ctx,
