@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,9 +113,11 @@ def stop_group(process: subprocess.Popen[bytes], grace: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, **settings: str) -> Iterator[str]:
-    """`prefect server start` on a free loopback port with its own PREFECT_HOME, scheduler
-    and triggers off plus `settings`; yields its API URL once healthy, stops it after."""
+def prefect_server(home: Path, database: Path, **settings: str) -> Iterator[str]:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME, a copy of
+    `database` (a new, migrated one) as its database, scheduler and triggers off plus
+    `settings`; yields its API URL once healthy, stops it after."""
+    shutil.copyfile(database, home / "prefect.db")
     log = home / "server.log"
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -148,9 +151,11 @@ def prefect_server(home: Path, **settings: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServer]:
+def real_server(
+    tmp_path_factory: pytest.TempPathFactory, migrated_prefect_db: Path
+) -> Iterator[RealServer]:
     home = tmp_path_factory.mktemp("prefect-home")
-    with prefect_server(home) as api_url:
+    with prefect_server(home, migrated_prefect_db) as api_url:
         client_env = base_env(home)
         client_env["PREFECT_API_URL"] = api_url
         with temporary_settings(updates={PREFECT_API_URL: api_url}):

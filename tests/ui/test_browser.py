@@ -93,7 +93,7 @@ def polled_deployments(since: float, serve: subprocess.Popen[bytes], log: Path) 
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, migrated_prefect_db: Path) -> Iterator[Stack]:
     """Server (UI on, scheduler and triggers off: only the runs the tests submit happen),
     emulator, and `imednet-flows serve` run from a folder of its own, so the sync's
     relative cache path lands there."""
@@ -103,7 +103,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     serve_log = home / "serve.log"
     with (
         running_emulator([DEMO]) as emulator,
-        prefect_server(home, PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL="{api_url}") as api,
+        prefect_server(
+            home, migrated_prefect_db, PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL="{api_url}"
+        ) as api,
     ):
         serve_env = dict(
             base_env(home),
