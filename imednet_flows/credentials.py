@@ -16,6 +16,7 @@ from __future__ import annotations
 import httpx
 from prefect.blocks.system import Secret
 from prefect.settings import PREFECT_API_URL
+from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.variables import Variable
 
 from imednet_flows.edc.client import Credentials
@@ -47,23 +48,13 @@ def _missing(field: str, block: str) -> ImednetFlowsError:
 
 
 def resolve_credentials() -> Credentials:
-    config = settings()
-    keys = []
-    for name, block in KEYS:
-        value = _env(config, name)
-        if not value:
-            try:
-                value = str(Secret.load(block).get()).strip()  # type: ignore[union-attr]
-            except ValueError:
-                raise _missing(name, block) from None
-        keys.append(value)
-    base_url = _env(config, "base_url") or Variable.get(BASE_URL_VARIABLE, default=None) or None
-    return Credentials(base_url, *keys)
+    """`aresolve_credentials` from synchronous code (one lookup, not a sync twin of it)."""
+    return run_coro_as_sync(aresolve_credentials())
 
 
 async def aresolve_credentials() -> Credentials:
-    """The same lookup from async code: in an async flow Prefect's block and variable calls
-    must be awaited."""
+    """The keys and base URL: the environment first, else Prefect's Secret blocks and
+    Variable (awaited: in an async flow Prefect's block and variable calls must be)."""
     config = settings()
     keys = []
     for name, block in KEYS:

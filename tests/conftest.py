@@ -113,21 +113,23 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
-#: The session API's database as it started (see `migrated_prefect_db`).
-_NEW_DATABASE: list[Path] = []
+def _session_database() -> Path:
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    return Path(str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).split(":///", 1)[1])
+
+
+def _new_database() -> Path:
+    """Where the session API's database is kept as it started (see `migrated_prefect_db`)."""
+    return _session_database().with_name("new-prefect.db")
 
 
 def _keep_new_database() -> None:
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
-
-    source = Path(str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value()).split(":///", 1)[1])
-    target = source.with_name("new-prefect.db")
     with (
-        contextlib.closing(sqlite3.connect(source)) as src,
-        contextlib.closing(sqlite3.connect(target)) as dst,
+        contextlib.closing(sqlite3.connect(_session_database())) as src,
+        contextlib.closing(sqlite3.connect(_new_database())) as dst,
     ):
         src.backup(dst)
-    _NEW_DATABASE[:] = [target]
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +137,7 @@ def migrated_prefect_db(prefect_api: None) -> Path:
     """A copy of the session API's database as it started: migrated and empty. `prefect
     server start` on a new PREFECT_HOME spends about 6 s of its 13 s creating its database;
     one that finds this copy as `prefect.db` there starts in about 7 s."""
-    return _NEW_DATABASE[0]
+    return _new_database()
 
 
 @pytest.fixture(scope="session")
