@@ -8,12 +8,12 @@ SDK 0.5.0's `list()` pages at 100 and buffers the whole study; a sync of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from imednet_flows.edc.client import API_ROOT, MAX_PAGE_SIZE, ImednetClient, study_path
 from imednet_flows.filter_syntax import Dnf, and_dnf, dnf, quote_value, render_dnf
+from imednet_flows.read_ahead import read_ahead
 
 #: Endpoints whose filter the SDK always scopes with studyKey (api-behaviour.md §7).
 STUDY_KEY_SCOPED = {"subjects", "visits", "queries", "recordRevisions", "records"}
@@ -57,17 +57,8 @@ def paged(fetch: Callable[[int], P], start: int = 0, prefetch: bool = False) -> 
             if number >= page.total_pages - 1:
                 return
             number += 1
-    with ThreadPoolExecutor(1, thread_name_prefix="page-prefetch") as pool:
-        number, pending = start, pool.submit(fetch, start)
-        while True:
-            page = pending.result()
-            last = number >= page.total_pages - 1
-            if not last:
-                pending = pool.submit(fetch, number + 1)
-            yield page
-            if last:
-                return
-            number += 1
+    with read_ahead(paged(fetch, start), "page-prefetch") as pages:
+        yield from pages
 
 
 def study_scope(route: str, study_key: str) -> Dnf:

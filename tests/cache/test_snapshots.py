@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -45,6 +46,7 @@ from imednet_flows.cache.snapshots import (
     write_snapshot,
     writer,
 )
+from imednet_flows.cache.snapshots.background import BackgroundWriter, PartFile
 from imednet_flows.cache.snapshots.writer import SnapshotResult
 from imednet_flows.emulator.seed import StudyData, StudySpec, generate_study
 from imednet_flows.frames import RECORD_COLUMNS, records_table
@@ -864,3 +866,62 @@ def test_memory_stays_bounded_for_a_large_study(
     assert result.rows["records"] == records >= 20_000
     assert peak < raw_bytes / 4, (peak, raw_bytes)
     assert arrow_peak[0] - baseline < raw_bytes / 4, (arrow_peak[0], raw_bytes)
+
+
+def test_a_failed_part_write_fails_the_set_and_keeps_latest(
+    conn: sqlite3.Connection, data: StudyData, snap_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Parts are encoded in a thread of their own: a write that fails there (a full disk)
+    still fails the set, publishes nothing and leaves no writing thread behind."""
+    first = snap(conn, snap_dir)
+    change(conn, KEY, "records", edited(data.records[:40], recordStatus="Edited"))
+    real = PartFile.write
+    calls = [0]
+
+    def failing(self: PartFile, table: pa.Table, row_group_size: int) -> None:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(28, "No space left on device")
+        real(self, table, row_group_size)
+
+    monkeypatch.setattr(PartFile, "write", failing)
+    with pytest.raises(OSError, match="No space left"):
+        snap(conn, snap_dir)
+    assert calls[0] >= 3
+    assert not conn.in_transaction
+    assert not [t for t in threading.enumerate() if t.name.startswith("snapshot-write")]
+    assert os.readlink(snap_dir / KEY / LATEST) == first.name
+
+    monkeypatch.setattr(PartFile, "write", real)
+    after = snap(conn, snap_dir)
+    latest = pd.read_parquet(snap_dir / KEY / LATEST / "records.parquet")
+    assert (latest["recordStatus"] == "Edited").sum() == 40
+    assert after.bytes_written == sum(
+        (after.path / rel).stat().st_size for rel in after.files_written
+    )
+
+
+def test_background_writes_keep_order_and_bound_the_queue():
+    started: list[int] = []
+    gate = threading.Event()
+    sink = BackgroundWriter(max_pending=2)
+    try:
+        sink.submit(lambda: (started.append(0), gate.wait(5)))
+        sink.submit(started.append, 1)
+        blocked = threading.Thread(target=sink.submit, args=(started.append, 2))
+        blocked.start()
+        blocked.join(0.2)
+        assert blocked.is_alive()  # a third write waits for the first to finish
+        gate.set()
+        blocked.join(5)
+        sink.wait()
+        assert started == [0, 1, 2]
+
+        def boom() -> None:
+            raise OSError("disk gone")
+
+        sink.submit(boom)
+        with pytest.raises(OSError, match="disk gone"):
+            sink.wait()
+    finally:
+        sink.close()

@@ -23,6 +23,8 @@ from typing import Any
 #: 16k / 32k rows, a delta of 0.1 % random edits about 3 s with any of them (it touches
 #: every part), a full build the same; 16k keeps the file count at 200k records near 70.
 PART_ROWS = 16_384
+#: The size of a part still being written (see `writer._SetWriter.finish`).
+UNSIZED = -1
 
 
 @dataclass(frozen=True)
