@@ -14,8 +14,9 @@ measured in the same run):
    parts; edits of recent records touch the last few.
 3. Reading the set back: pandas over ``records.parquet/`` and the largest form, DuckDB
    grouping ``records.parquet`` by form, Polars over ``records.parquet/``.
-4. At the smallest size only: the Parquet codec (zstd levels, lz4, snappy) and the row
-   group size (rows typed per batch): write seconds, bytes, pandas read seconds.
+4. At the smallest size only: the Parquet codec (zstd levels, with and without dictionary
+   pages, lz4, snappy) and the row group size (rows typed per batch): write seconds,
+   bytes, pandas read seconds.
 
 No server and no Prefect: caches are filled straight from the emulator's seeded studies,
 the way a merge fills them. Run: ``.venv/bin/python benchmarks/snapshot_throughput.py
@@ -54,7 +55,8 @@ from tests.cache_helpers import upsert_sql  # noqa: E402
 
 STUDY = "BENCH"
 CODECS: dict[str, dict[str, Any]] = {
-    "zstd-1": {"compression": "zstd", "compression_level": 1},
+    "zstd-1": {"compression": "zstd", "compression_level": 1, "use_dictionary": False},
+    "zstd-1 + dictionary": {"compression": "zstd", "compression_level": 1},
     "zstd-3": {"compression": "zstd", "compression_level": 3},
     "lz4": {"compression": "lz4"},
     "snappy": {"compression": "snappy"},
@@ -297,12 +299,12 @@ def report(results: dict[str, Any]) -> None:
     settings = results.get("settings")
     if settings:
         print(f"\nParquet settings at {results['sizes'][0]['records']:,} records")
-        print(f"  {'':<10} {'write s':>8} {'MiB':>8} {'pandas s':>9} {'duckdb s':>9}")
+        print(f"  {'':<20} {'write s':>8} {'MiB':>8} {'pandas s':>9} {'duckdb s':>9}")
         for group in ("codecs", "batches"):
             for name, row in settings[group].items():
                 label = name if group == "codecs" else f"batch {name}"
                 print(
-                    f"  {label:<10} {row['seconds']:8.2f} {row['set_bytes'] / 2**20:8.1f}"
+                    f"  {label:<20} {row['seconds']:8.2f} {row['set_bytes'] / 2**20:8.1f}"
                     f" {row['pandas_records_s']:9.3f} {row['duckdb_group_by_form_s']:9.3f}"
                 )
 

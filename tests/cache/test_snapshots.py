@@ -340,6 +340,26 @@ def test_a_few_edits_patch_their_parts_without_rereading_the_ranges(
     assert_same_tables(second.path, scratch(conn, tmp_path))
 
 
+def test_changed_rows_are_looked_up_by_primary_key(
+    conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """A patched part reads its changed rows by id, not by walking its id range: a form's
+    range spans every form's records, each read from disk to be thrown away."""
+    snap(conn, snap_dir)
+    vs = sorted((r for r in data.records if r["formKey"] == "VS"), key=lambda r: r["recordId"])
+    change(conn, KEY, "records", edited(vs[3:5], recordStatus="Edited"))
+    lookups: list[str] = []
+    conn.set_trace_callback(lambda sql: lookups.append(sql) if " IN (" in sql else None)
+    try:
+        snap(conn, snap_dir)
+    finally:
+        conn.set_trace_callback(None)
+    assert any("form_key" in sql for sql in lookups)  # the VS table's part was patched
+    for sql in lookups:
+        plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "PRIMARY KEY" in plan and "record_id=?" in plan.replace(" ", ""), (sql, plan)
+
+
 def test_reference_collections_cost_nothing(conn: sqlite3.Connection, snap_dir: Path):
     first = snap(conn, snap_dir)
     change(conn, KEY, "subjects", edited([orjson.loads(cache_rows(conn, "subjects")[0][1])]))
