@@ -5,9 +5,8 @@ block of JSON the same way, so a set's next batch (a SQLite read and Arrow's typ
 proceed while the previous batch is encoded: on two cores a set takes about as long as
 its slower side (typing in a full build, encoding in a delta) rather than the sum of
 both. A second writing thread measured no better on two cores. Writes run in one thread,
-in the order they were
-submitted, and at most `MAX_PENDING` wait at a time, so memory stays a few batches
-whatever the size of the study.
+in the order they were submitted, and at most `MAX_PENDING` wait at a time, so memory
+stays a few batches whatever the size of the study.
 """
 
 from __future__ import annotations
