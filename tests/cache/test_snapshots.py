@@ -476,6 +476,26 @@ def test_new_variable_rewrites_its_form_and_the_column_appears(
     assert_same_tables(second.path, scratch(conn, tmp_path))
 
 
+def test_a_set_written_with_other_parquet_settings_is_rebuilt_not_linked(
+    conn: sqlite3.Connection, data: StudyData, snap_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The upgrade path: sets written before dictionary pages were turned off must not be
+    linked into new ones, or a set would mix two encodings under one signature."""
+    old_settings = {**writer.PARQUET_OPTIONS, "use_dictionary": True}
+    monkeypatch.setattr(writer, "PARQUET_OPTIONS", old_settings)
+    snap(conn, snap_dir)
+    monkeypatch.undo()
+    change(conn, KEY, "records", edited(data.records[:1], recordStatus="Edited"))
+    second = snap(conn, snap_dir)
+    assert second.files_reused == []
+    for rel in second.files_written:
+        meta = pq.ParquetFile(second.path / rel).metadata
+        for group in range(meta.num_row_groups):
+            for column in range(meta.num_columns):
+                encodings = meta.row_group(group).column(column).encodings
+                assert not {"PLAIN_DICTIONARY", "RLE_DICTIONARY"} & set(encodings), (rel, encodings)
+
+
 def test_a_log_that_no_longer_reaches_back_rebuilds_everything(
     tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
 ):

@@ -17,6 +17,7 @@ share them between sets, so an edit in place would show through every set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -664,11 +665,8 @@ def write_snapshot(
             part_rows,
             result,
         )
-        try:
-            with arrow.system_allocator():
-                collections, forms = _write_tables(conn, study_key, writer, baseline)
-        finally:
-            writer.background.close()
+        with arrow.system_allocator(), contextlib.closing(writer.background):
+            collections, forms = _write_tables(conn, study_key, writer, baseline)
     finally:
         if conn.in_transaction:
             conn.execute("COMMIT")
