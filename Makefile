@@ -35,8 +35,11 @@ test-tools:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing </dev/null; }
 
+# Two worker processes, each with its own Prefect API: a test file runs whole on one of
+# them (tests/conftest.py). `make test TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) test-tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The sync's state machine at length (tests/sync/test_model.py). It prints its seed;
 # `make soak SEED=<n>` replays that run.
@@ -44,7 +47,7 @@ soak: $(STAMP)
 	@seed=$${SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "sync model soak: seed $$seed (replay: make soak SEED=$$seed)"; \
 	IMEDNET_FLOWS_SOAK=1 IMEDNET_FLOWS_SOAK_SEED=$$seed \
-		$(BIN)/python -m pytest tests/sync/test_model.py -q --timeout=3600
+		$(BIN)/python -m pytest tests/sync/test_model.py -q -n 0 --timeout=3600
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -61,6 +61,21 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+#: Test files that start a Prefect server of their own (and a worker, or a browser): two of
+#: them at once on a two-core machine would starve each other's startup timeouts.
+OWN_SERVER_FILES = frozenset({"test_operations.py", "test_browser.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs the suite in worker processes with `--dist loadgroup`: each file is
+    one group, so its module-scoped servers and emulators start once, on one worker; the
+    files in `OWN_SERVER_FILES` share a group and run one after the other."""
+    for item in items:
+        name = item.path.name
+        group = "own-prefect-server" if name in OWN_SERVER_FILES else str(item.path)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[EmulatorServer]:
     """Read-only session emulator: tests that change data use `fresh_emulator`."""
