@@ -150,6 +150,28 @@ def prefect_server(home: Path, database: Path, **settings: str) -> Iterator[str]
         stop_group(process)
 
 
+@contextlib.contextmanager
+def prefect_api_at(api_url: str) -> Iterator[None]:
+    """This process talks to `api_url` instead of the session's API, and back after.
+
+    The process's event and log workers keep the API they first connected to: without a
+    drain at both ends, events and logs of later tests in this process would go to a
+    server that has stopped (a refused connection: no trigger fires, no log is stored)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    def drain() -> None:
+        EventsWorker.drain_all(timeout=10)
+        APILogWorker.drain_all(timeout=10)
+
+    drain()
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield
+    finally:
+        drain()
+
+
 @pytest.fixture(scope="module")
 def real_server(
     tmp_path_factory: pytest.TempPathFactory, migrated_prefect_db: Path
@@ -158,7 +180,7 @@ def real_server(
     with prefect_server(home, migrated_prefect_db) as api_url:
         client_env = base_env(home)
         client_env["PREFECT_API_URL"] = api_url
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        with prefect_api_at(api_url):
             yield RealServer(api_url=api_url, home=home, log=home / "server.log", env=client_env)
 
 

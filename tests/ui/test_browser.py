@@ -34,7 +34,6 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.definitions import PROJECT_ROOT, load_definitions
 from imednet_flows.emulator import (
@@ -45,7 +44,14 @@ from imednet_flows.emulator import (
     running_emulator,
 )
 from tests.deployments.test_deployments import flow_of, wait_for
-from tests.deployments.test_operations import BIN, base_env, prefect_server, stop_group, tail
+from tests.deployments.test_operations import (
+    BIN,
+    base_env,
+    prefect_api_at,
+    prefect_server,
+    stop_group,
+    tail,
+)
 
 CHROMIUM = Path(os.environ.get("IMEDNET_FLOWS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -126,7 +132,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, migrated_prefect_db: Path) -
             )
         started = time.time()
         try:
-            with temporary_settings(updates={PREFECT_API_URL: api}):
+            with prefect_api_at(api):
                 deployments = wait_for(
                     lambda: polled_deployments(started, serve, serve_log),
                     90,
