@@ -340,6 +340,26 @@ def test_a_few_edits_patch_their_parts_without_rereading_the_ranges(
     assert_same_tables(second.path, scratch(conn, tmp_path))
 
 
+def test_a_patched_part_is_written_as_one_row_group(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """A part built from the cache gets a row group per batch (memory stays bounded); a
+    patched part is in memory whole, and one row group is quicker to write."""
+    first = snap(conn, snap_dir, batch_rows=8)
+    built = (
+        first.path / "records.parquet" / tables(first.path)["records.parquet"]["parts"][0]["file"]
+    )
+    assert pq.ParquetFile(built).metadata.num_row_groups == PART // 8
+    records = sorted(data.records, key=lambda r: r["recordId"])
+    change(conn, KEY, "records", edited([records[5]], recordStatus="Edited"))
+    second = snap(conn, snap_dir, batch_rows=8)
+    assert second.rebuilt is None and len(second.files_written) == 2  # records and its form
+    for rel in second.files_written:
+        part = pq.ParquetFile(second.path / rel).metadata
+        assert part.num_row_groups == 1 and part.num_rows > 8, rel
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
 def test_changed_rows_are_looked_up_by_primary_key(
     conn: sqlite3.Connection, data: StudyData, snap_dir: Path
 ):

@@ -347,7 +347,10 @@ class _SetWriter:
             return None
         if merged.num_rows == 0:
             return []
-        return [self._write_part(table, number, step.range.lo, [merged])]
+        # The whole part is in memory already, so it costs nothing to write it as one row
+        # group, and per-row-group work (a column chunk, statistics and a compressor each)
+        # made four of them take about 30 % longer to write.
+        return [self._write_part(table, number, step.range.lo, [merged], merged.num_rows)]
 
     def _rows_by_id(self, table: _Table, rng: Range, ids: list[Any]) -> list[tuple[Any, ...]]:
         """The cache's rows of `ids` that lie in `rng` (deleted ones are simply absent)."""
@@ -421,14 +424,22 @@ class _SetWriter:
             taken += len(rows)
             yield rows
 
-    def _write_part(self, table: _Table, number: int, lo: Any, tables: Iterable[pa.Table]) -> Part:
-        """Queue the part's batches for the writing thread; its size is known at `finish`."""
+    def _write_part(
+        self,
+        table: _Table,
+        number: int,
+        lo: Any,
+        tables: Iterable[pa.Table],
+        row_group_rows: int | None = None,
+    ) -> Part:
+        """Queue the part's batches for the writing thread; its size is known at `finish`.
+        A batch is a row group unless `row_group_rows` says otherwise."""
         name = part_file(number)
         part = PartFile(self.tmp / table.rel / name, table.schema, PARQUET_OPTIONS)
         rows = 0
         for typed in tables:
             if typed.num_rows:
-                self.background.submit(part.write, typed, self.batch_rows)
+                self.background.submit(part.write, typed, row_group_rows or self.batch_rows)
                 rows += typed.num_rows
         self.background.submit(part.close, rows == 0, READ_ONLY)
         self.result.files_written.append(f"{table.rel}/{name}")
