@@ -253,19 +253,26 @@ def test_form_tables_are_typed_per_variable(
     assert seen == set(EXPECTED_TYPES)  # every type carries real values
 
 
-def test_every_file_readable_by_pandas_pyarrow_duckdb_polars(
-    conn: sqlite3.Connection, snap_dir: Path
-):
-    result = snap(conn, snap_dir)
-    latest = snap_dir / KEY / LATEST
+def assert_every_reader_reads_every_table(set_dir: Path, latest: Path) -> None:
+    """pandas, pyarrow, DuckDB and Polars each read every part directory of the set (through
+    `latest`) as one table of the manifest's rows."""
     duck = duckdb.connect()
-    for rel, entry in tables(result.path).items():
+    for rel, entry in tables(set_dir).items():
         path = latest / rel
         rows = entry["rows"]
         assert len(pd.read_parquet(path)) == rows, rel
         assert pq.read_table(path).num_rows == rows, rel
         assert duck.execute(f"SELECT count(*) FROM '{path}'").fetchone()[0] == rows, rel
         assert pl.read_parquet(path).height == rows, rel
+
+
+def test_every_file_readable_by_pandas_pyarrow_duckdb_polars(
+    conn: sqlite3.Connection, snap_dir: Path
+):
+    result = snap(conn, snap_dir)
+    latest = snap_dir / KEY / LATEST
+    duck = duckdb.connect()
+    assert_every_reader_reads_every_table(result.path, latest)
     assert len(tables(result.path)["records.parquet"]["parts"]) > 1  # really several parts
     # raw is JSON text the engines can query; typed columns keep their types everywhere.
     records = latest / "records.parquet"
@@ -357,6 +364,38 @@ def test_a_patched_part_is_written_as_one_row_group(
     for rel in second.files_written:
         part = pq.ParquetFile(second.path / rel).metadata
         assert part.num_row_groups == 1 and part.num_rows > 8, rel
+    assert_same_tables(second.path, scratch(conn, tmp_path))
+
+
+def test_a_delta_set_is_read_whole_by_every_reader(
+    tmp_path: Path, conn: sqlite3.Connection, data: StudyData, snap_dir: Path
+):
+    """What a 15-minute cycle leaves: linked parts, patched parts (one row group) and parts
+    built again (a row group per batch) side by side in one directory, read as one table
+    by pandas, pyarrow, DuckDB and Polars, with the edits, the delete and the new row."""
+    snap(conn, snap_dir, batch_rows=8)
+    records = sorted(data.records, key=lambda r: r["recordId"])
+    change(conn, KEY, "records", edited([records[5], records[200]], recordStatus="Edited"))
+    change(conn, KEY, "records", deletes=[records[6]["recordId"]])
+    new_id = records[-1]["recordId"] + 1
+    change(conn, KEY, "records", [{**records[7], "recordId": new_id}])
+    second = snap(conn, snap_dir, batch_rows=8)
+    assert second.rebuilt is None and second.files_written and second.files_reused
+    groups = {
+        rel: pq.ParquetFile(second.path / rel).metadata.num_row_groups
+        for rel in second.files_written + second.files_reused
+    }
+    assert {groups[rel] for rel in second.files_written} == {1}
+    assert max(groups[rel] for rel in second.files_reused) > 1  # really two layouts mixed
+    latest = snap_dir / KEY / LATEST
+    assert_every_reader_reads_every_table(second.path, latest)
+    path = latest / "records.parquet"
+    query = f"SELECT count(*) FROM '{path}' WHERE recordStatus = 'Edited'"
+    assert duckdb.connect().execute(query).fetchone()[0] == 2
+    frame = pl.read_parquet(path)
+    assert frame.filter(pl.col("recordStatus") == "Edited").height == 2
+    ids = frame["recordId"].to_list()
+    assert ids == sorted(ids) and new_id in ids and records[6]["recordId"] not in ids
     assert_same_tables(second.path, scratch(conn, tmp_path))
 
 
